@@ -1,0 +1,24 @@
+"""alrao-rl: All Learning Rates At Once (Blier, Wolinski, Ollivier 2019) for RL and supervised learning."""
+
+from .heads import AlraoHeads
+from .losses import alrao_loss, head_log_likelihoods
+from .model import AlraoModel, AlraoOutput, mixture
+from .optim import AlraoAdam, AlraoSGD
+from .rates import log_spaced, log_uniform, register_unit_rule, sample_unit_rates
+from .switch import Switch
+
+__all__ = [
+    "AlraoAdam",
+    "AlraoHeads",
+    "AlraoModel",
+    "AlraoOutput",
+    "AlraoSGD",
+    "Switch",
+    "alrao_loss",
+    "head_log_likelihoods",
+    "log_spaced",
+    "log_uniform",
+    "mixture",
+    "register_unit_rule",
+    "sample_unit_rates",
+]

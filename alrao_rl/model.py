@@ -1,0 +1,198 @@
+"""``AlraoModel``: a body, ``N`` output heads and the switch that averages them (Algorithm 1).
+
+A training step::
+
+    out = model(x)                        # AlraoOutput: per-head outputs and the mixture
+    loss, head_ll = model.loss(out, y)    # scalar mixture NLL; its backward is Algorithm 1's
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    model.switch.update(head_ll)          # switch sees each head's minibatch-mean log-likelihood
+
+``out.prediction`` is the averaged model's output (mixture log-probabilities, or the mixture mean
+for regression). It carries no gradient on purpose: the only way to train is ``model.loss``, which
+gives the body the mixture's gradient and every head the gradient of its own loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .heads import AlraoHeads
+from .losses import TASKS, Task, alrao_loss
+from .switch import Switch
+
+__all__ = ["AlraoModel", "AlraoOutput", "Averaging", "mixture"]
+
+Averaging = Literal["predictive", "filtered"]
+_AVERAGINGS = ("predictive", "filtered")
+
+
+class AlraoOutput(NamedTuple):
+    """What one forward pass of an :class:`AlraoModel` returns (nothing is stored on the model).
+
+    :param prediction: the averaged model's output (no gradient): ``log sum_j a_j p_j`` for
+        classification ``[..., C]``, ``sum_j a_j mu_j`` for regression ``[..., out]``.
+    :param heads: per-head outputs ``[N, ..., out]`` (log-probabilities or means), routed to the
+        heads' parameters.
+    :param heads_for_body: the same values, routed to the body.
+    :param log_weights: the averaging weights used, ``log a_j`` (float ``[N]``), renormalized over
+        the finite heads.
+    :param finite: ``[N]`` bool, whether each head's outputs are all finite.
+    """
+
+    prediction: Tensor
+    heads: Tensor
+    heads_for_body: Tensor
+    log_weights: Tensor
+    finite: Tensor
+
+    def gather(self, index: Tensor) -> AlraoOutput:
+        """Select one output per sample (e.g. the Q-value of the action taken).
+
+        :param index: int64 ``[...]``, the leading shape of the outputs; picks along the last dim.
+        :return: an ``AlraoOutput`` whose outputs have lost their last dimension.
+        """
+        if index.shape != self.prediction.shape[:-1]:
+            raise ValueError(
+                f"index shape {tuple(index.shape)} must equal the outputs' leading shape "
+                f"{tuple(self.prediction.shape[:-1])}"
+            )
+        idx = index.long().unsqueeze(-1)
+        heads_idx = idx.unsqueeze(0).expand(self.heads.shape[0], *idx.shape)
+        return AlraoOutput(
+            prediction=self.prediction.gather(-1, idx).squeeze(-1),
+            heads=self.heads.gather(-1, heads_idx).squeeze(-1),
+            heads_for_body=self.heads_for_body.gather(-1, heads_idx).squeeze(-1),
+            log_weights=self.log_weights,
+            finite=self.finite,
+        )
+
+
+def mixture(heads: Tensor, log_weights: Tensor, task: Task) -> Tensor:
+    """The averaged prediction of head outputs ``[N, ...]`` with weights ``exp(log_weights)``.
+
+    Classification: ``log sum_j a_j p_j`` (log-probabilities in); regression: ``sum_j a_j mu_j``.
+    Heads with weight 0 (``-inf``) contribute nothing, even if their outputs are not finite.
+    """
+    shape = (-1, *([1] * (heads.dim() - 1)))
+    lw = log_weights.to(heads.dtype).view(shape)
+    keep = torch.isfinite(lw)
+    if task == "classification":
+        return torch.logsumexp(torch.where(keep, lw + heads, -math.inf), dim=0)
+    return torch.where(keep, lw.exp() * heads, 0.0).sum(dim=0)
+
+
+class AlraoModel(nn.Module):
+    """The Alrao version of ``nn.Sequential(body, head)``: ``head`` becomes ``n_heads`` copies.
+
+    :param body: the pre-classifier ``phi``; its output's last dimension must be
+        ``head.in_features``. Its parameters get per-unit rates from the Alrao optimizers.
+    :param head: the output layer (``nn.Linear``) to copy into ``n_heads`` heads.
+    :param n_heads: number of heads ``N`` (the paper uses 10; 6 for its LSTM).
+    :param task: ``"classification"`` (heads output log-softmax probabilities) or
+        ``"regression"`` (heads are unit-variance Gaussian means).
+    :param theta: the switch's prior parameter (see :class:`alrao_rl.Switch`).
+    :param averaging: which switch posterior weights the heads: ``"predictive"``
+        ``P(K_{t+1}=j | y_{1:t})`` (the paper) or ``"filtered"`` ``P(K_t=j | y_{1:t})``. The
+        predictive posterior keeps a floor of about ``1/(t N)`` on every head (the prior mass of
+        switching into it). That is harmless for classification (a head's probabilities are
+        bounded) but not for a regression *mean*: one diverged head at 1e30 moves
+        ``sum_j a_j mu_j`` by 1e30/(t N). The filtered posterior gives such a head weight 0, so
+        the default (``None``) is ``"filtered"`` for regression, ``"predictive"`` otherwise.
+
+    >>> model = AlraoModel(nn.Sequential(nn.Linear(3, 64), nn.ReLU()), nn.Linear(64, 5), n_heads=10,
+    ...                    task="regression")
+    >>> model(torch.zeros(2, 3)).prediction.shape
+    torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Linear,
+        n_heads: int = 10,
+        task: Task = "classification",
+        theta: float = 0.999,
+        averaging: Averaging | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(body, nn.Module):
+            raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if averaging is None:
+            averaging = "filtered" if task == "regression" else "predictive"
+        if averaging not in _AVERAGINGS:
+            raise ValueError(f"averaging must be one of {_AVERAGINGS}, got {averaging!r}")
+        self.body = body
+        self.heads = AlraoHeads(head, n_heads)
+        self.switch = Switch(n_heads, theta=theta)
+        self.task: Task = task
+        self.averaging: Averaging = averaging
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads.n_heads
+
+    def averaging_log_weights(self) -> Tensor:
+        """``log a_j`` from the switch, as chosen by ``averaging`` (float64 ``[N]``)."""
+        if self.averaging == "filtered":
+            return self.switch.log_filtered_posterior
+        return self.switch.log_posterior
+
+    def forward(self, x: Tensor) -> AlraoOutput:
+        """Run the body on ``x``, then :meth:`output`."""
+        return self.output(self.body(x))
+
+    def output(self, z: Tensor, log_weights: Tensor | None = None) -> AlraoOutput:
+        """Heads and mixture on the body's output ``z`` (use it when the body returns more than
+        features, e.g. an LSTM's hidden state).
+
+        :param z: body output ``[..., in_features]``.
+        :param log_weights: averaging weights to use instead of the switch's (e.g. a DQN target
+            network averaged with the online switch); float ``[N]``.
+        """
+        own, body, finite = self.heads(z)
+        if self.task == "classification":
+            own = torch.log_softmax(own, dim=-1)
+            body = torch.log_softmax(body, dim=-1)
+            finite = finite & torch.isfinite(own.detach()).view(own.shape[0], -1).all(dim=1)
+        lw = self.averaging_log_weights() if log_weights is None else log_weights
+        lw = lw.to(device=own.device, dtype=own.dtype)
+        if not bool(finite.all()):
+            if not bool(finite.any()):
+                warnings.warn(
+                    "AlraoModel: every head's output is non-finite (the body diverged); the "
+                    "prediction is NaN",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            lw = torch.where(finite, lw, -math.inf)
+            lw = lw - torch.logsumexp(lw, dim=0)
+        prediction = mixture(own.detach(), lw, self.task)
+        return AlraoOutput(prediction, own, body, lw, finite)
+
+    def loss(self, out: AlraoOutput, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The Alrao loss of a forward pass: see :func:`alrao_rl.losses.alrao_loss`.
+
+        :param out: this model's output (possibly ``out.gather(actions)``).
+        :param target: class indices (classification) or values (regression) shaped like
+            ``out.prediction`` without its class dimension (classification) or exactly like it.
+        :return: ``(loss, head_ll)``: call ``loss.backward()``, then ``switch.update(head_ll)``
+            after the optimizer step.
+        """
+        if not isinstance(out, AlraoOutput):
+            raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
+        return alrao_loss(out.heads, out.heads_for_body, out.log_weights, out.finite, target, self.task)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """The averaged model's output for ``x`` (no gradient)."""
+        return self(x).prediction
+
+    def extra_repr(self) -> str:
+        return f"task={self.task!r}, averaging={self.averaging!r}"

@@ -1,0 +1,275 @@
+"""``AlraoSGD`` and ``AlraoAdam``: torch optimizers with one learning rate per feature.
+
+For a parameter ``p`` whose feature ``i`` has the Alrao rate ``eta_i`` (sampled once, see
+:mod:`alrao_rl.rates`; the output heads get their deterministic log-spaced rates), the update is
+the base optimizer's with ``lr`` replaced by ``lr * eta_i``:
+
+* SGD (as ``torch.optim.SGD``):  ``g <- g + wd p``;  ``b <- mu b + (1 - dampening) g``
+  (``b = g`` at the first step);  ``d = g + mu b`` (Nesterov) or ``d = b``;
+  ``p <- p - lr * eta_i * d``.
+* Adam (as ``torch.optim.Adam``): ``g <- g + wd p``;  ``m <- beta1 m + (1 - beta1) g``;
+  ``v <- beta2 v + (1 - beta2) g^2``;
+  ``p <- p - lr * eta_i * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)``.
+
+``lr`` (default 1.0) is a global multiplier on every Alrao rate: torch LR schedulers and
+frameworks that overwrite ``group["lr"]`` (Stable-Baselines3 does, every update) scale all rates
+at once. The rates live in ``self.state[p]["alrao_rate"]`` as compact tensors that broadcast
+against ``p``, so ``state_dict()`` / ``load_state_dict()`` carry them.
+
+**Runaway units.** With ``eta_max = 10`` some features diverge. After every step the optimizer
+checks (one vectorized max-norm per parameter) that every weight is finite and, if
+``max_weight`` is set, at most ``max_weight`` in absolute value. A feature that fails is reset to
+zero and frozen: its parameters, its optimizer buffers and its rate are set to 0, so it outputs a
+constant and never moves again, and its inf/NaN cannot spread to the rest of the network through
+the next forward pass (Appendix G of the paper: frozen features do not hurt training). Frozen
+features are counted in ``optimizer.frozen_units()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .rates import check_interval, sample_unit_rates
+
+__all__ = ["AlraoAdam", "AlraoSGD"]
+
+_RATE = "alrao_rate"
+
+
+class _AlraoOptimizer(torch.optim.Optimizer):
+    """Builds per-feature rates for every parameter of a module and guards runaway features."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eta_min: float,
+        eta_max: float,
+        seed: int,
+        defaults: dict[str, Any],
+        max_weight: float | None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be an nn.Module (Alrao needs its layers to find features), got "
+                f"{type(model).__name__}"
+            )
+        check_interval(eta_min, eta_max)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+        if max_weight is not None and not (max_weight > 0):
+            raise ValueError(f"max_weight must be > 0 or None, got {max_weight}")
+        generator = torch.Generator().manual_seed(seed)
+        rates = sample_unit_rates(model, eta_min, eta_max, generator)
+        named = dict(model.named_parameters())
+        params = [named[name] for name in rates]
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        defaults = {**defaults, "eta_min": eta_min, "eta_max": eta_max, "max_weight": max_weight}
+        super().__init__(params, defaults)
+        for name, rate in rates.items():
+            self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
+
+    def frozen_units(self) -> int:
+        """How many rate entries (features) the guard has frozen so far."""
+        return sum(int((s[_RATE] == 0).sum()) for s in self.state.values() if _RATE in s)
+
+    def _rates(self, params: list[Tensor]) -> list[Tensor]:
+        return [self.state[p][_RATE] for p in params]
+
+    @torch.no_grad()
+    def _guard(self, group: dict[str, Any], params: list[Tensor], buffer_keys: tuple[str, ...]) -> None:
+        bound = group["max_weight"]
+        norms = torch.stack(torch._foreach_norm(params, math.inf))
+        ok = torch.isfinite(norms) if bound is None else norms <= bound
+        if bool(ok.all()):
+            return
+        for p, good in zip(params, ok.tolist(), strict=True):
+            if good:
+                continue
+            state = self.state[p]
+            rate = state[_RATE]
+            bad = ~torch.isfinite(p) if bound is None else ~(p.abs() <= bound)
+            bad_units = bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad
+            bad_units |= rate == 0
+            mask = bad_units.expand_as(p)
+            p.masked_fill_(mask, 0.0)
+            rate.masked_fill_(bad_units, 0.0)
+            for key in buffer_keys:
+                if key in state:
+                    state[key].masked_fill_(mask, 0.0)
+
+    def _grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("Alrao optimizers do not support sparse gradients")
+        return params, [p.grad for p in params]
+
+
+class AlraoSGD(_AlraoOptimizer):
+    """SGD with Alrao per-feature learning rates (the paper's optimizer).
+
+    :param model: the network: an :class:`alrao_rl.AlraoModel` (body gets random per-unit rates,
+        heads their log-spaced rates) or any ``nn.Module`` (per-unit rates only).
+    :param eta_min: lower end of the log-uniform interval (the paper: 1e-5).
+    :param eta_max: upper end (the paper: 10).
+    :param seed: seeds the ``torch.Generator`` the rates are drawn from.
+    :param lr: global multiplier on every rate (for schedulers), default 1.0.
+    :param momentum: as ``torch.optim.SGD``.
+    :param dampening: as ``torch.optim.SGD``.
+    :param weight_decay: L2 penalty, as ``torch.optim.SGD``.
+    :param nesterov: as ``torch.optim.SGD``.
+    :param max_weight: also freeze a feature once any of its weights exceeds this (None: only
+        non-finite weights are frozen).
+
+    >>> opt = AlraoSGD(model, eta_min=1e-5, eta_max=10.0, seed=0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eta_min: float = 1e-5,
+        eta_max: float = 10.0,
+        seed: int = 0,
+        *,
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        max_weight: float | None = None,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"Invalid lr multiplier: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                f"Nesterov momentum requires a momentum and zero dampening, got momentum={momentum}, "
+                f"dampening={dampening}"
+            )
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
+        super().__init__(model, eta_min, eta_max, seed, defaults, max_weight)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One SGD step with per-feature rates, then the runaway-feature guard."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads(group)
+            if not params:
+                continue
+            momentum, wd = group["momentum"], group["weight_decay"]
+            if wd != 0:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if momentum != 0:
+                bufs = [self.state[p].get("momentum_buffer") for p in params]
+                if any(b is None for b in bufs):
+                    for i, p in enumerate(params):
+                        if bufs[i] is None:
+                            bufs[i] = self.state[p]["momentum_buffer"] = grads[i].detach().clone()
+                        else:
+                            bufs[i].mul_(momentum).add_(grads[i], alpha=1 - group["dampening"])
+                else:
+                    torch._foreach_mul_(bufs, momentum)
+                    torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
+                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            torch._foreach_addcmul_(params, grads, self._rates(params), value=-group["lr"])
+            self._guard(group, params, ("momentum_buffer",))
+        return loss
+
+
+class AlraoAdam(_AlraoOptimizer):
+    """Adam with Alrao per-feature learning rates (Appendix E: less reliable than AlraoSGD).
+
+    :param model: the network (see :class:`AlraoSGD`).
+    :param eta_min: lower end of the log-uniform interval.
+    :param eta_max: upper end.
+    :param seed: seeds the rate generator.
+    :param lr: global multiplier on every rate, default 1.0.
+    :param betas: as ``torch.optim.Adam``.
+    :param eps: as ``torch.optim.Adam``.
+    :param weight_decay: L2 penalty, as ``torch.optim.Adam``.
+    :param max_weight: see :class:`AlraoSGD`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eta_min: float = 1e-6,
+        eta_max: float = 1.0,
+        seed: int = 0,
+        *,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_weight: float | None = None,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"Invalid lr multiplier: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(model, eta_min, eta_max, seed, defaults, max_weight)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One Adam step with per-feature rates, then the runaway-feature guard."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            for p in params:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            steps = [self.state[p]["step"] for p in params]
+            exp_avgs = [self.state[p]["exp_avg"] for p in params]
+            exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+            torch._foreach_add_(steps, 1.0)
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            # Same arithmetic as torch.optim.Adam(foreach=True), with lr -> lr * eta_i.
+            step_values = [float(s) for s in steps]
+            bias_correction1 = [1 - beta1**s for s in step_values]
+            bias_correction2_sqrt = [math.sqrt(1 - beta2**s) for s in step_values]
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(exp_avgs, denom)
+            torch._foreach_mul_(update, [-group["lr"] / bc for bc in bias_correction1])
+            torch._foreach_addcmul_(params, update, self._rates(params))
+            self._guard(group, params, ("exp_avg", "exp_avg_sq"))
+        return loss

@@ -1,0 +1,105 @@
+"""The switch against a brute-force sum over every hidden path (Appendix A)."""
+
+import math
+
+import pytest
+import torch
+
+from alrao_rl import Switch
+from alrao_rl._reference import reference_switch_posteriors
+
+
+def _run(lls: torch.Tensor, theta: float) -> Switch:
+    switch = Switch(lls.shape[1], theta=theta)
+    for ll in lls:
+        switch.update(ll)
+    return switch
+
+
+@pytest.mark.parametrize("theta", [0.999, 0.9, 0.5])
+@pytest.mark.parametrize("n_models,steps", [(1, 3), (2, 4), (3, 3), (4, 2)])
+def test_switch_matches_brute_force(theta: float, n_models: int, steps: int) -> None:
+    gen = torch.Generator().manual_seed(n_models * 10 + steps)
+    lls = -3.0 * torch.rand(steps, n_models, generator=gen, dtype=torch.float64)
+    switch = _run(lls, theta)
+    filtered, predictive = reference_switch_posteriors(lls, theta)
+    torch.testing.assert_close(switch.filtered_posterior, filtered, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(switch.posterior, predictive, rtol=1e-10, atol=1e-12)
+    assert int(switch.steps) == steps
+
+
+def test_switch_matches_brute_force_with_zero_likelihoods() -> None:
+    lls = torch.tensor([[-1.0, -math.inf, -0.5], [-math.inf, -0.2, -2.0], [-0.3, -0.1, -math.inf]])
+    switch = _run(lls, 0.99)
+    filtered, predictive = reference_switch_posteriors(lls, 0.99)
+    torch.testing.assert_close(switch.filtered_posterior, filtered, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(switch.posterior, predictive, rtol=1e-10, atol=1e-12)
+
+
+def test_posterior_is_uniform_before_any_update() -> None:
+    switch = Switch(4)
+    torch.testing.assert_close(switch.posterior, torch.full((4,), 0.25, dtype=torch.float64))
+    torch.testing.assert_close(switch.filtered_posterior, torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_nan_and_inf_log_likelihoods_count_as_zero_likelihood() -> None:
+    bad = _run(torch.tensor([[-1.0, float("nan"), float("inf")]]), 0.999)
+    zero = _run(torch.tensor([[-1.0, -math.inf, -math.inf]]), 0.999)
+    torch.testing.assert_close(bad.posterior, zero.posterior)
+    assert torch.isfinite(bad.log_posterior).all()
+    assert bad.filtered_posterior[1] == 0 and bad.posterior[1] > 0  # only the switch-in mass
+
+
+def test_all_zero_likelihoods_keep_previous_posterior_and_warn() -> None:
+    switch = _run(torch.tensor([[-1.0, -0.1]]), 0.999)
+    before = {k: v.clone() for k, v in switch.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match="likelihood 0"):
+        switch.update(torch.tensor([float("nan"), -math.inf]))
+    for key, value in switch.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def test_posterior_concentrates_on_the_best_model() -> None:
+    switch = _run(torch.tensor([[-2.0, -0.5, -3.0]] * 200), 0.999)
+    assert switch.posterior.argmax() == 1 and switch.posterior[1] > 0.99
+    assert switch.posterior.sum().item() == pytest.approx(1.0)
+
+
+def test_switch_state_is_in_buffers_and_round_trips() -> None:
+    lls = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)).abs().neg()
+    a = _run(lls[:3], 0.999)
+    b = Switch(3)
+    b.load_state_dict(a.state_dict())
+    assert set(a.state_dict()) == {"log_weights", "log_predictive", "log_filtered", "steps"}
+    for ll in lls[3:]:
+        a.update(ll)
+        b.update(ll)
+    assert torch.equal(a.posterior, b.posterior) and int(b.steps) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_models": 0}, ValueError, "n_models must be >= 1, got 0"),
+        ({"n_models": 2.0}, TypeError, "n_models must be an int"),
+        ({"n_models": 2, "theta": 1.0}, ValueError, r"theta must be in \(0, 1\), got 1.0"),
+        ({"n_models": 2, "theta": 0.0}, ValueError, "theta must be in"),
+        ({"n_models": 2, "theta": -0.5}, ValueError, "theta must be in"),
+    ],
+)
+def test_bad_switch_arguments_are_refused(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Switch(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (torch.zeros(2), ValueError, r"shape \(3,\), got \(2,\)"),
+        (torch.zeros(3, 1), ValueError, "shape"),
+        ([0.0, 0.0, 0.0], TypeError, "must be a Tensor"),
+    ],
+)
+def test_bad_update_input_is_refused(value: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Switch(3).update(value)  # type: ignore[arg-type]
