@@ -1,7 +1,7 @@
 """alrao-rl: All Learning Rates At Once (Blier, Wolinski, Ollivier 2019) for RL and supervised learning."""
 
 from .heads import AlraoHeads
-from .losses import alrao_loss, head_log_likelihoods
+from .losses import alrao_loss
 from .model import AlraoModel, AlraoOutput, mixture
 from .optim import AlraoAdam, AlraoSGD
 from .rates import log_spaced, log_uniform, register_unit_rule, sample_unit_rates
@@ -15,7 +15,6 @@ __all__ = [
     "AlraoSGD",
     "Switch",
     "alrao_loss",
-    "head_log_likelihoods",
     "log_spaced",
     "log_uniform",
     "mixture",

@@ -1,33 +1,43 @@
-"""Per-head log-likelihoods and the Alrao loss (Algorithm 1, lines 12, 15 and 17).
+"""The Alrao loss, with the gradients of Algorithm 1 written in closed form.
 
 Each head ``j`` is a probabilistic model of the target:
 
-* ``classification``: head outputs are log-probabilities ``log p_j(y | x)``; every leading
-  dimension is a batch dimension, the last one is the class.
-* ``regression``: head ``j`` is a Gaussian with mean ``mu_j(x)`` and variance 1 (the paper's RL
-  setup, Appendix D); dimension 0 of the target indexes samples, the remaining dimensions are one
-  joint observation: ``log p_j(y) = -1/2 ||y - mu_j||^2 - d/2 log(2 pi)``.
+* ``classification``: head ``j`` outputs logits ``s_j``; ``p_j(y) = softmax(s_j)_y``.
+* ``regression``: head ``j`` is a Gaussian with mean ``mu_j`` and identity covariance over the
+  output vector (the paper's RL setup, Appendix D):
+  ``log p_j(y) = -1/2 ||y - mu_j||^2 - d/2 log(2 pi)``; after :meth:`AlraoOutput.gather` the
+  output is the one selected scalar (``d = 1``).
 
-The Alrao loss of a minibatch of ``B`` samples is
+Every leading dimension indexes samples ``b = 1..M``. With averaging weights ``a_j``, the
+responsibilities ``q_jb = a_j p_j(y_b) / sum_k a_k p_k(y_b)`` and ``u_jb`` the head outputs:
 
 .. math::
-   L = \\underbrace{-\\frac1B \\sum_b \\log \\sum_j a_j\\, p_j(y_b)}_{\\text{mixture NLL: body}}
-       \\; + \\; \\sum_j \\underbrace{-\\frac1B \\sum_b \\log p_j(y_b)}_{\\text{own loss: head } j}
+   L_{mix} = -\\frac1M \\sum_b \\log \\sum_j a_j\\, p_j(y_b), \\qquad
+   L_j = -\\frac1M \\sum_b \\log p_j(y_b),
 
-where the mixture term only reaches the body and head ``j``'s own term only reaches head ``j``
-(see :mod:`alrao_rl.heads`). Its *value* is the mixture NLL alone (the own terms are added as
-``own - own.detach()``), so what you log is the loss of the averaged model.
+   \\frac{\\partial L_{mix}}{\\partial u_{jb}} = q_{jb}\\, g_{jb}, \\qquad
+   \\frac{\\partial L_j}{\\partial u_{jb}} = g_{jb}, \\qquad
+   g_{jb} = \\frac1M \\cdot \\begin{cases} p_j(\\cdot\\,|x_b) - e_{y_b} & \\text{classification}\\\\
+   \\mu_{jb} - y_b & \\text{regression.}\\end{cases}
+
+Algorithm 1 gives the body ``dL_mix/dz = sum_j (q_j g_j) W_j`` (line 12) and head ``j``
+``dL_j/dW_j = g_j^T z`` (line 15, ``z`` held fixed); both are computed here in one backward
+pass with two matmuls, the same work as a plain ``nn.Linear`` with ``N * out`` outputs.
+
+The value of the returned loss is ``L_mix``, the negative log-likelihood of the averaged model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
-__all__ = ["Task", "alrao_loss", "head_log_likelihoods"]
+__all__ = ["TASKS", "Task", "alrao_loss"]
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -35,74 +45,158 @@ TASKS: tuple[str, ...] = ("classification", "regression")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def head_log_likelihoods(heads: Tensor, target: Tensor, task: Task) -> Tensor:
-    """``log p_j(y_b)`` for every head ``j`` and sample ``b``: shape ``[N, B]``.
+class _AlraoLoss(torch.autograd.Function):
+    """``(L_mix, ll)`` from the body output; gradients to ``z`` (mixture) and heads (own).
 
-    :param heads: head outputs ``[N, *target.shape]`` (regression) or ``[N, *target.shape, C]``
-        log-probabilities (classification).
-    :param target: regression targets, or class indices (int64).
-    :param task: ``"classification"`` or ``"regression"``.
+    Tensors are laid out ``[M, N, out]`` (samples, heads, outputs) so that the ``[M, N*out]``
+    matrix of the heads' matmul is a view. At DQN sizes each torch call costs more than its
+    arithmetic, so the code keeps their number small; ``g`` (see the module docstring) is formed
+    in ``backward`` from what ``forward`` saved.
     """
-    n_heads = heads.shape[0]
-    if task == "classification":
-        if heads.shape[1:-1] != target.shape:
-            raise ValueError(
-                f"classification target shape {tuple(target.shape)} does not match head outputs "
-                f"{tuple(heads.shape)} (expected [N, *target.shape, n_classes])"
-            )
-        if target.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise TypeError(f"classification target must hold class indices (int), got {target.dtype}")
-        index = target.long().unsqueeze(0).unsqueeze(-1).expand(n_heads, *target.shape, 1)
-        return heads.gather(-1, index).reshape(n_heads, -1)
-    if heads.shape[1:] != target.shape:
-        raise ValueError(
-            f"regression target shape {tuple(target.shape)} does not match head outputs "
-            f"{tuple(heads.shape)} (expected [N, *target.shape])"
-        )
-    sq = (heads - target.to(heads.dtype)).square().reshape(n_heads, target.shape[0], -1)
-    return -0.5 * sq.sum(dim=2) - 0.5 * sq.shape[2] * _LOG_2PI
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        z: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        values: Tensor,
+        index: Tensor | None,
+        target: Tensor,
+        log_weights: Tensor,
+        finite: Tensor | None,
+        task: str,
+    ) -> tuple[Tensor, Tensor]:
+        n_heads, n_out, n_in = weight.shape
+        m = z.numel() // n_in  # samples
+        lse = None
+        if task == "classification":
+            u = values.reshape(m, n_heads, n_out)
+            y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
+            lse = torch.logsumexp(u, dim=2, keepdim=True)
+            ll = (u.gather(2, y) - lse).squeeze(2)  # [M, N]
+            saved = u
+        elif index is None:
+            diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
+            ll = diff.square().sum(dim=2).mul_(-0.5).sub_(0.5 * n_out * _LOG_2PI)
+            saved = diff
+        else:
+            diff = values.reshape(m, n_heads) - target.reshape(m, 1)
+            ll = diff.square().mul_(-0.5).sub_(0.5 * _LOG_2PI)
+            saved = diff
+        head_ll = ll.mean(dim=0)
+        lw = log_weights.to(ll.dtype)
+        usable = None
+        if finite is not None or not math.isfinite(float(head_ll.sum())):
+            # Rare path: leave out heads with non-finite outputs or likelihoods.
+            usable = torch.isfinite(ll).all(dim=0)
+            if finite is not None:
+                usable &= finite
+            ll = torch.where(usable, ll, 0.0)
+            lw = torch.where(usable, lw, -math.inf)
+            if bool(usable.any()):
+                lw = lw - torch.logsumexp(lw, dim=0)
+            head_ll = torch.where(usable, head_ll, -math.inf)
+        joint = ll + lw
+        lse_mix = torch.logsumexp(joint, dim=1, keepdim=True)  # [M, 1]
+        loss = lse_mix.mean().neg()
+        q = (joint - lse_mix).exp_() if math.isfinite(float(loss)) else torch.zeros_like(joint)
+        ctx.save_for_backward(z, weight, saved, q, lse, target, index, usable)
+        ctx.task = task
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(head_ll)
+        return loss, head_ll
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor, _grad_ll: Tensor | None) -> tuple[Tensor | None, ...]:
+        z, weight, saved, q, lse, target, index, usable = ctx.saved_tensors
+        n_heads, n_out, n_in = weight.shape
+        m = q.shape[0]
+        scale = grad_loss / m
+        # g[b, j] = d(-log p_j(y_b))/du_bj * grad / M, for the selected output(s).
+        if ctx.task == "classification":
+            y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
+            g = torch.sub(saved, lse).exp_()
+            g = g.scatter_add_(2, y, torch.full_like(lse, -1.0)).mul_(scale)
+        else:
+            g = saved * scale
+        flat_w = weight.view(n_heads * n_out, n_in)
+        if usable is not None:
+            g = torch.where(usable.view(n_heads, *([1] * (g.dim() - 2))), g, 0.0)
+            # a left-out head's inf/NaN weights must not reach dz (0 * inf = NaN)
+            flat_w = torch.where(usable.repeat_interleave(n_out).unsqueeze(1), flat_w, 0.0)
+        g_mix = g * q if g.dim() == 2 else g * q.unsqueeze(2)
+        if index is not None:  # scatter the selected outputs' factors into [M, N, out]
+            idx = index.reshape(m, 1, 1).expand(m, n_heads, 1)
+            g = g.new_zeros(m, n_heads, n_out).scatter_(2, idx, g.unsqueeze(2))
+            g_mix = g_mix.new_zeros(m, n_heads, n_out).scatter_(2, idx, g_mix.unsqueeze(2))
+        g = g.view(m, n_heads * n_out)
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = (g_mix.view(m, n_heads * n_out) @ flat_w).view(z.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ z.reshape(m, n_in)).view(n_heads, n_out, n_in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(dim=0).view(n_heads, n_out)
+        return grad_z, grad_w, grad_b, None, None, None, None, None, None
 
 
 def alrao_loss(
-    own: Tensor, body: Tensor, log_weights: Tensor, finite: Tensor, target: Tensor, task: Task
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    values: Tensor,
+    index: Tensor | None,
+    target: Tensor,
+    log_weights: Tensor,
+    finite: Tensor | None,
+    task: Task,
 ) -> tuple[Tensor, Tensor]:
-    """The Alrao loss and the per-head minibatch-mean log-likelihoods for the switch.
+    """The Alrao loss of one minibatch and each head's minibatch-mean log-likelihood.
 
-    Heads whose outputs are not all finite (``finite[j]`` false), or whose log-likelihood is not
-    (an output so large its squared error overflows), are left out of the mixture (the other
-    weights renormalized) and get no gradient; their log-likelihood is reported as ``-inf``
-    (likelihood 0 for the switch).
+    Prefer :meth:`alrao_rl.AlraoModel.loss`, which fills these arguments from a forward pass.
 
-    :param own: head outputs routed to the heads' parameters, ``[N, ...]``.
-    :param body: the same values routed to the body.
-    :param log_weights: log averaging weights ``log a_j`` ``[N]`` (already renormalized over
-        finite heads).
-    :param finite: ``[N]`` bool.
-    :param target: the targets (see :func:`head_log_likelihoods`).
+    Heads whose outputs are not all finite, or whose log-likelihood is not (an output so large
+    that its squared error overflows), are *unusable*: left out of the mixture (the others
+    renormalized), given no gradient, and reported with log-likelihood ``-inf`` (likelihood 0
+    for the switch). If no head is usable the loss is ``+inf`` with zero gradients and a warning.
+
+    :param z: the body's output ``[*lead, in]`` (differentiable).
+    :param weight: heads' weight ``[N, out, in]``.
+    :param bias: heads' bias ``[N, out]`` or None.
+    :param values: head outputs computed from ``z`` (no gradient): ``[*lead, N, out]``
+        (``[*lead, N]`` with ``index``).
+    :param index: for regression on one selected output per sample, its index ``[*lead]``.
+    :param target: class indices ``[*lead]``, or regression targets ``[*lead, out]`` (``[*lead]``
+        with ``index``).
+    :param log_weights: the averaging weights ``log a_j`` ``[N]``.
+    :param finite: ``[N]`` bool, heads whose outputs are all finite (None: all are).
     :param task: ``"classification"`` or ``"regression"``.
-    :return: ``(loss, head_ll)``: the scalar to ``backward()`` (value: the mixture NLL) and
-        ``[N]`` detached minibatch-mean log-likelihoods.
+    :return: ``(loss, head_ll)``: the scalar to ``backward()`` and the ``[N]`` detached
+        minibatch-mean log-likelihoods for :meth:`alrao_rl.Switch.update`.
     """
-    ll_own = head_log_likelihoods(own, target, task)  # [N, B]
-    usable = finite & torch.isfinite(ll_own.detach()).all(dim=1)
-    all_usable = bool(usable.all())
-    if not all_usable:
-        # Zero the outputs of unusable heads *before* the likelihood, so that no inf*0 reaches
-        # a gradient, and give them weight 0 (the others renormalized).
-        keep = usable.view(-1, *([1] * (own.dim() - 1)))
-        own = torch.where(keep, own, 0.0)
-        body = torch.where(keep, body, 0.0)
-        ll_own = head_log_likelihoods(own, target, task)
-        log_weights = torch.where(usable, log_weights, -math.inf)
-        log_weights = log_weights - torch.logsumexp(log_weights, dim=0)
-    ll_body = head_log_likelihoods(body, target, task)
-    mixture_nll = -torch.logsumexp(log_weights.unsqueeze(1) + ll_body, dim=0).mean()
-    own_nll = -ll_own.mean(dim=1)  # [N]
-    if not all_usable:
-        own_nll = torch.where(usable, own_nll, 0.0)
-    own_total = own_nll.sum()
-    loss = mixture_nll + (own_total - own_total.detach())
-    head_ll = (-own_nll).detach()
-    if not all_usable:
-        head_ll = torch.where(usable, head_ll, -math.inf)
+    lead = z.shape[:-1]
+    if task == "classification":
+        if target.shape != lead:
+            raise ValueError(
+                f"classification target shape {tuple(target.shape)} must be the outputs' leading shape "
+                f"{tuple(lead)}"
+            )
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"classification target must hold class indices (int), got {target.dtype}")
+        target = target.long()
+    else:
+        expected = lead if index is not None else (*lead, weight.shape[1])
+        if target.shape != expected:
+            raise ValueError(f"regression target shape {tuple(target.shape)} must be {tuple(expected)}")
+    if finite is not None and bool(finite.all()):
+        finite = None
+    loss, head_ll = _AlraoLoss.apply(z, weight, bias, values, index, target, log_weights, finite, task)
+    if float(loss.detach()) == math.inf:
+        warnings.warn(
+            "alrao_loss: no head has a finite likelihood on this batch (the body diverged?); "
+            "the loss is inf and no parameter gets a gradient",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return loss, head_ll

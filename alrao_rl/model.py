@@ -9,14 +9,15 @@ A training step::
 
 ``out.prediction`` is the averaged model's output (mixture log-probabilities, or the mixture mean
 for regression). It carries no gradient on purpose: the only way to train is ``model.loss``, which
-gives the body the mixture's gradient and every head the gradient of its own loss.
+gives the body the mixture's gradient and every head the gradient of its own loss, in closed form
+(see :mod:`alrao_rl.losses`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,45 +32,72 @@ Averaging = Literal["predictive", "filtered"]
 _AVERAGINGS = ("predictive", "filtered")
 
 
-class AlraoOutput(NamedTuple):
+class AlraoOutput:
     """What one forward pass of an :class:`AlraoModel` returns (nothing is stored on the model).
 
-    :param prediction: the averaged model's output (no gradient): ``log sum_j a_j p_j`` for
-        classification ``[..., C]``, ``sum_j a_j mu_j`` for regression ``[..., out]``.
-    :param heads: per-head outputs ``[N, ..., out]`` (log-probabilities or means), routed to the
-        heads' parameters.
-    :param heads_for_body: the same values, routed to the body.
-    :param log_weights: the averaging weights used, ``log a_j`` (float ``[N]``), renormalized over
-        the finite heads.
-    :param finite: ``[N]`` bool, whether each head's outputs are all finite.
+    Pass it to :meth:`AlraoModel.loss` to train; read :attr:`prediction` to use the model.
+
+    :param values: raw head outputs (logits for classification, means for regression), no
+        gradient, heads second to last: ``[*lead, N, out]``, or ``[*lead, N]`` after
+        :meth:`gather`.
+    :param log_weights: the averaging weights used, ``log a_j`` (``[N]``, renormalized over the
+        finite heads).
+    :param finite: ``[N]`` bool, whether each head's outputs are all finite; None when all are.
+    :param task: the model's task.
+    :param features: the body's output ``z`` (differentiable) the heads were computed from.
+    :param index: the output selected per sample by :meth:`gather`, or None.
     """
 
-    prediction: Tensor
-    heads: Tensor
-    heads_for_body: Tensor
-    log_weights: Tensor
-    finite: Tensor
+    __slots__ = ("features", "finite", "index", "log_weights", "task", "values")
+
+    def __init__(
+        self,
+        values: Tensor,
+        log_weights: Tensor,
+        finite: Tensor | None,
+        task: Task,
+        features: Tensor,
+        index: Tensor | None = None,
+    ) -> None:
+        self.values = values
+        self.log_weights = log_weights
+        self.finite = finite
+        self.task = task
+        self.features = features
+        self.index = index
+
+    @property
+    def heads(self) -> Tensor:
+        """Per-head outputs ``[N, *lead, out]`` (``[N, *lead]`` if gathered): log-probabilities
+        (classification) or means (regression)."""
+        if self.task == "classification":
+            return torch.movedim(torch.log_softmax(self.values, dim=-1), -2, 0)
+        return torch.movedim(self.values, -1 if self.index is not None else -2, 0)
+
+    @property
+    def prediction(self) -> Tensor:
+        """The averaged model's output, no gradient: ``log sum_j a_j p_j`` ``[*lead, C]``
+        (classification) or ``sum_j a_j mu_j`` (regression)."""
+        return mixture(self.heads, self.log_weights, self.task)
 
     def gather(self, index: Tensor) -> AlraoOutput:
-        """Select one output per sample (e.g. the Q-value of the action taken).
+        """Regression: select one output per sample (e.g. the Q-value of the action taken).
 
-        :param index: int64 ``[...]``, the leading shape of the outputs; picks along the last dim.
-        :return: an ``AlraoOutput`` whose outputs have lost their last dimension.
+        :param index: int64 ``[*lead]``, picks along the output dimension.
+        :return: an ``AlraoOutput`` whose outputs have lost their last dimension; its loss is the
+            Gaussian likelihood of the selected output only.
         """
-        if index.shape != self.prediction.shape[:-1]:
-            raise ValueError(
-                f"index shape {tuple(index.shape)} must equal the outputs' leading shape "
-                f"{tuple(self.prediction.shape[:-1])}"
-            )
-        idx = index.long().unsqueeze(-1)
-        heads_idx = idx.unsqueeze(0).expand(self.heads.shape[0], *idx.shape)
-        return AlraoOutput(
-            prediction=self.prediction.gather(-1, idx).squeeze(-1),
-            heads=self.heads.gather(-1, heads_idx).squeeze(-1),
-            heads_for_body=self.heads_for_body.gather(-1, heads_idx).squeeze(-1),
-            log_weights=self.log_weights,
-            finite=self.finite,
-        )
+        if self.task != "regression":
+            raise TypeError("gather selects regression outputs; classification losses use all classes")
+        if self.index is not None:
+            raise TypeError("this output was already gathered")
+        lead = self.values.shape[:-2]
+        if index.shape != lead:
+            raise ValueError(f"index shape {tuple(index.shape)} must equal the outputs' leading shape {tuple(lead)}")
+        index = index.long()
+        expanded = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, self.values.shape[-2], 1)
+        selected = self.values.gather(-1, expanded).squeeze(-1)
+        return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index)
 
 
 def mixture(heads: Tensor, log_weights: Tensor, task: Task) -> Tensor:
@@ -149,45 +177,51 @@ class AlraoModel(nn.Module):
         return self.output(self.body(x))
 
     def output(self, z: Tensor, log_weights: Tensor | None = None) -> AlraoOutput:
-        """Heads and mixture on the body's output ``z`` (use it when the body returns more than
-        features, e.g. an LSTM's hidden state).
+        """Heads and mixture weights on the body's output ``z`` (use it when the body returns
+        more than features, e.g. an LSTM's hidden state).
 
         :param z: body output ``[..., in_features]``.
         :param log_weights: averaging weights to use instead of the switch's (e.g. a DQN target
             network averaged with the online switch); float ``[N]``.
         """
-        own, body, finite = self.heads(z)
-        if self.task == "classification":
-            own = torch.log_softmax(own, dim=-1)
-            body = torch.log_softmax(body, dim=-1)
-            finite = finite & torch.isfinite(own.detach()).view(own.shape[0], -1).all(dim=1)
-        lw = self.averaging_log_weights() if log_weights is None else log_weights
-        lw = lw.to(device=own.device, dtype=own.dtype)
-        if not bool(finite.all()):
-            if not bool(finite.any()):
-                warnings.warn(
-                    "AlraoModel: every head's output is non-finite (the body diverged); the "
-                    "prediction is NaN",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            lw = torch.where(finite, lw, -math.inf)
-            lw = lw - torch.logsumexp(lw, dim=0)
-        prediction = mixture(own.detach(), lw, self.task)
-        return AlraoOutput(prediction, own, body, lw, finite)
+        with torch.no_grad():
+            values = self.heads(z)
+            finite = None
+            lw = self.averaging_log_weights() if log_weights is None else log_weights
+            lw = lw.to(device=values.device, dtype=values.dtype)
+            if not math.isfinite(float(values.sum())):  # one reduction; the exact check is rare
+                finite = torch.isfinite(values).transpose(0, -2).reshape(self.n_heads, -1).all(dim=1)
+                if not bool(finite.any()):
+                    warnings.warn(
+                        "AlraoModel: every head's output is non-finite (the body diverged); the "
+                        "prediction is NaN",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                lw = torch.where(finite, lw, -math.inf)
+                lw = lw - torch.logsumexp(lw, dim=0)
+        return AlraoOutput(values, lw, finite, self.task, z)
 
     def loss(self, out: AlraoOutput, target: Tensor) -> tuple[Tensor, Tensor]:
-        """The Alrao loss of a forward pass: see :func:`alrao_rl.losses.alrao_loss`.
+        """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
+
+        Its backward gives the body the gradient of the mixture negative log-likelihood and each
+        head the gradient of its own loss on the body's output held fixed (Algorithm 1).
 
         :param out: this model's output (possibly ``out.gather(actions)``).
-        :param target: class indices (classification) or values (regression) shaped like
-            ``out.prediction`` without its class dimension (classification) or exactly like it.
-        :return: ``(loss, head_ll)``: call ``loss.backward()``, then ``switch.update(head_ll)``
-            after the optimizer step.
+        :param target: class indices ``[*lead]`` (classification), or values shaped like
+            ``out.prediction`` (regression).
+        :return: ``(loss, head_ll)``: call ``loss.backward()`` and, after the optimizer step,
+            ``model.switch.update(head_ll)``.
         """
         if not isinstance(out, AlraoOutput):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
-        return alrao_loss(out.heads, out.heads_for_body, out.log_weights, out.finite, target, self.task)
+        if out.features.shape[-1] != self.heads.in_features:
+            raise ValueError("out does not come from this model's forward")
+        return alrao_loss(
+            out.features, self.heads.weight, self.heads.bias, out.values, out.index, target,
+            out.log_weights, out.finite, self.task,
+        )
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

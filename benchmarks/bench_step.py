@@ -1,0 +1,185 @@
+"""Time of one Alrao training step / one plain ``torch.optim.SGD`` step, side by side.
+
+Each case builds the same network twice: once as ``body + nn.Linear`` trained with
+``torch.optim.SGD`` and the usual loss (MSE on the selected output, or cross-entropy), once as an
+``AlraoModel`` with N heads trained with ``AlraoSGD`` (forward, Alrao loss, backward, step, switch
+update). Both run interleaved in one process with one torch thread; the ratio is the median over
+rounds of (Alrao time / SGD time), so machine noise hits both alike.
+
+    python benchmarks/bench_step.py            # all cases
+    python benchmarks/bench_step.py --rounds 5 # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alrao_rl import AlraoModel, AlraoSGD
+from alrao_rl.rates import sample_unit_rates
+
+
+@dataclass
+class Case:
+    name: str
+    target: float
+    body: Callable[[], nn.Module]
+    head: Callable[[], nn.Linear]
+    n_heads: int
+    task: str
+    make_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def _mlp(sizes: list[int]) -> nn.Module:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class _Cnn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        chans = [3, 32, 64, 128, 256]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+class _Lstm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 100)
+        self.lstm = nn.LSTM(100, 100, num_layers=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(self.embedding(x))[0]
+
+
+def _regression_batch(n_in: int, n_out: int, batch: int) -> Callable:
+    def make(gen: torch.Generator) -> tuple:
+        return (
+            torch.randn(batch, n_in, generator=gen),
+            torch.randn(batch, generator=gen),
+            torch.randint(0, n_out, (batch,), generator=gen),
+        )
+
+    return make
+
+
+CASES = [
+    Case("(a) MLP 3-64-64-5, batch 64, 10 heads", 1.4, lambda: _mlp([3, 64, 64]),
+         lambda: nn.Linear(64, 5), 10, "regression", _regression_batch(3, 5, 64)),
+    Case("(b) MLP 8-256-256-4, batch 128, 10 heads", 1.25, lambda: _mlp([8, 256, 256]),
+         lambda: nn.Linear(256, 4), 10, "regression", _regression_batch(8, 4, 128)),
+    Case("(c) CNN 32-64-128-256, batch 32, 10 heads", 1.1, _Cnn, lambda: nn.Linear(256, 10), 10,
+         "classification",
+         lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g), None)),
+    Case("(d) LSTM 2x100, 50 symbols, 20x70, 6 heads", 1.15, _Lstm, lambda: nn.Linear(100, 50), 6,
+         "classification",
+         lambda g: (torch.randint(0, 50, (70, 20), generator=g), torch.randint(0, 50, (70, 20), generator=g), None)),
+]
+
+
+def _sgd_step(net: nn.Module, opt: torch.optim.Optimizer, task: str, batch: tuple) -> None:
+    x, y, index = batch
+    out = net(x)
+    if task == "regression":
+        loss = nn.functional.mse_loss(out.gather(-1, index.unsqueeze(-1)).squeeze(-1), y)
+    else:
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _alrao_step(model: AlraoModel, opt: AlraoSGD, batch: tuple) -> None:
+    x, y, index = batch
+    out = model(x)
+    if index is not None:
+        out = out.gather(index)
+    loss, head_ll = model.loss(out, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model.switch.update(head_ll)
+
+
+def _time(fn: Callable[[], None], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def run_case(case: Case, rounds: int, steps: int) -> tuple[float, float, float]:
+    torch.manual_seed(0)
+    body, head = case.body(), case.head()
+    plain = nn.Sequential(copy.deepcopy(body), copy.deepcopy(head))
+    sgd = torch.optim.SGD(plain.parameters(), lr=1e-3)
+    model = AlraoModel(body, head, case.n_heads, case.task)
+    # A narrow interval keeps the benchmark numerically tame; the cost does not depend on it.
+    alrao = AlraoSGD(model, eta_min=1e-4, eta_max=1e-3, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    batch = case.make_batch(gen)
+    for _ in range(3):  # warm-up
+        _sgd_step(plain, sgd, case.task, batch)
+        _alrao_step(model, alrao, batch)
+    ratios, t_sgd, t_alrao = [], [], []
+    for _ in range(rounds):
+        a = _time(lambda: _sgd_step(plain, sgd, case.task, batch), steps)
+        b = _time(lambda: _alrao_step(model, alrao, batch), steps)
+        t_sgd.append(a)
+        t_alrao.append(b)
+        ratios.append(b / a)
+    return statistics.median(t_sgd), statistics.median(t_alrao), statistics.median(ratios)
+
+
+def rate_build_time() -> float:
+    """Seconds to sample per-unit rates for a VGG19-sized CNN (20M parameters)."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+    layers: list[nn.Module] = []
+    c = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+            c = int(v)
+    vgg = nn.Sequential(*layers)
+    start = time.perf_counter()
+    sample_unit_rates(vgg, 1e-5, 10.0, torch.Generator().manual_seed(0))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds per case")
+    parser.add_argument("--only", type=str, default="", help="run only cases whose name contains this")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread; ratio = median over {args.rounds} rounds")
+    print(f"{'case':46s} {'SGD step':>10s} {'Alrao step':>11s} {'ratio':>6s} {'target':>7s}")
+    for case in CASES:
+        if args.only not in case.name:
+            continue
+        steps = 200 if "MLP" in case.name else 5
+        t_sgd, t_alrao, ratio = run_case(case, args.rounds, steps)
+        ok = "ok" if ratio <= case.target else "MISS"
+        print(f"{case.name:46s} {t_sgd * 1e6:8.0f}us {t_alrao * 1e6:9.0f}us {ratio:6.2f} {case.target:6.2f} {ok}")
+    print(f"per-unit rates for a VGG19-sized CNN built in {rate_build_time() * 1e3:.1f} ms (target < 200 ms)")
+
+
+if __name__ == "__main__":
+    main()
