@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ class Case:
 
 def _mlp(sizes: list[int]) -> nn.Module:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -49,7 +50,7 @@ class _Cnn(nn.Module):
         super().__init__()
         chans = [3, 32, 64, 128, 256]
         layers: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:], strict=True):
+        for a, b in itertools.pairwise(chans):
             layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
 

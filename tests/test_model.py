@@ -109,7 +109,7 @@ def test_regression_averages_with_the_filtered_posterior_by_default() -> None:
     assert model.averaging == "filtered" and _model("classification").averaging == "predictive"
     with torch.no_grad():
         model.heads.bias[1] = 1e30
-    loss, head_ll = model.loss(model(torch.randn(8, 2)), torch.zeros(8, 3))
+    _loss, head_ll = model.loss(model(torch.randn(8, 2)), torch.zeros(8, 3))
     model.switch.update(head_ll)
     assert model.switch.posterior[1] > 0 and model.switch.filtered_posterior[1] == 0
     assert model.predict(torch.randn(4, 2)).abs().max() < 10

@@ -263,5 +263,5 @@ def test_bad_optimizer_arguments_are_refused(cls: type, kwargs: dict, error: typ
 
 
 def test_optimizer_refuses_a_parameter_list() -> None:
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         AlraoSGD(list(_Net().parameters()))  # type: ignore[arg-type]

@@ -165,5 +165,5 @@ def test_bad_interval_is_refused(eta_min: object, eta_max: object, error: type, 
 
 
 def test_register_rule_refuses_non_module_types() -> None:
-    with pytest.raises(TypeError, match="nn.Module subclass"):
+    with pytest.raises(TypeError, match=r"nn\.Module subclass"):
         register_unit_rule(int, lambda m, s: {})  # type: ignore[arg-type]
