@@ -117,6 +117,11 @@ class Switch(nn.Module):
         ll = log_likelihoods.detach().to("cpu", torch.float64).numpy()
         if not np.isfinite(ll).all():
             ll = np.where(np.isfinite(ll), ll, -np.inf)
+        # Shifting every log-likelihood by the same constant leaves the posterior unchanged, and
+        # keeps their differences: at -2.5e31, float64 cannot hold a difference of 5.
+        best = ll.max()
+        if best > -np.inf:
+            ll = ll - best
         # float64 numpy on the buffers' memory: ~10x faster than small torch ops for N ~ 10.
         w = self.log_weights.detach().cpu().numpy() + ll
         total = np.logaddexp.reduce(w, axis=None)

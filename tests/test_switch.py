@@ -36,6 +36,15 @@ def test_switch_matches_brute_force_with_zero_likelihoods() -> None:
     torch.testing.assert_close(switch.posterior, predictive, rtol=1e-10, atol=1e-12)
 
 
+def test_huge_log_likelihoods_keep_their_differences() -> None:
+    """At -2.5e31 float64 cannot hold a difference of 5 unless the common scale is removed."""
+    lls = torch.tensor([[-1.0, -3.0, -2.0], [-2.5e31, -2.5e31 - 5e16, -math.inf]], dtype=torch.float64)
+    switch = _run(lls, 0.999)
+    filtered, predictive = reference_switch_posteriors(lls - lls.max(1, keepdim=True).values, 0.999)
+    torch.testing.assert_close(switch.filtered_posterior, filtered)
+    torch.testing.assert_close(switch.posterior.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
 def test_posterior_is_uniform_before_any_update() -> None:
     switch = Switch(4)
     torch.testing.assert_close(switch.posterior, torch.full((4,), 0.25, dtype=torch.float64))

@@ -1,0 +1,545 @@
+"""DQN (Mnih et al. 2015) with soft target updates, trained by Alrao, SGD or Adam.
+
+The training loop in :func:`train` reads like the algorithm box::
+
+    for t = 1..T:
+        a_t = epsilon-greedy(Q(s_t, .))                                   # act
+        store (s_t, a_t, r_t, s_{t+1}, terminated_t)                      # store
+        sample a minibatch (s, a, r, s', d)                               # sample
+        y = r + gamma (1 - d) max_a' Q_target(s', a')                     # TD target
+        loss: Alrao mixture NLL of y (each head also on its own), or Huber(Q(s, a), y)
+        gradient step; Alrao: switch update with each head's log-likelihood
+        theta_target <- (1 - tau) theta_target + tau theta                # soft target update
+
+**Alrao in RL.** The Q-network's body gets per-unit rates in ``[eta_min, eta_max]``; its output
+layer becomes ``heads`` unit-variance Gaussian regression heads; ``Q(s, .)`` is their average.
+Unlike supervised targets, TD targets are computed from the model's own average, so a diverged
+head (their rates reach 10) must not reach it. The choices, measured in the README:
+
+* **filtered posterior**: acting, targets and the mixture loss weight head ``j`` by
+  ``P(head at t = j | data 1..t)`` rather than the predictive posterior, whose floor of about
+  ``1/(t N)`` per head lets one head at 1e30 poison every target (:class:`alrao_rl.AlraoModel`
+  with ``averaging="filtered"``);
+* **non-finite heads** are left out of the average and the loss (the core does it);
+* **runaway units**: :class:`alrao_rl.AlraoSGD` zeroes and freezes a unit whose weights are
+  non-finite or exceed ``max_weight`` (Appendix G: frozen units do not hurt).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from alrao_rl import AlraoModel, AlraoSGD
+from envs import make_env
+
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .replay_buffer import ReplayBuffer, TorchReplayBatch
+
+__all__ = [
+    "DQNAgent",
+    "DQNConfig",
+    "estimate_reward_scale",
+    "evaluate",
+    "linear_schedule",
+    "make_q_network",
+    "soft_update",
+    "td_target",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["alrao", "sgd", "adam"]
+METHODS: tuple[str, ...] = ("alrao", "sgd", "adam")
+
+
+@dataclass
+class DQNConfig:
+    """Everything a DQN run depends on. Defaults are shared by all three methods.
+
+    The defaults follow the DQN settings used for Alrao's RL experiments (paper, Appendix D: soft
+    target updates, a replay buffer of 1,000,000, an MLP with 2 hidden layers) and the usual
+    small-control-task choices of CleanRL's and Stable-Baselines3's DQN (batch 64, gamma 0.99,
+    epsilon 1 -> 0.05, learning starts 1,000, train every step).
+    """
+
+    env: str = "Pendulum-v1"
+    """gymnasium environment id (continuous actions are discretized)."""
+    method: str = "alrao"
+    """'alrao' (AlraoSGD, N heads + switch), 'sgd' (torch SGD at lr) or 'adam' (torch Adam)."""
+    lr: float | None = None
+    """learning rate for sgd (required) and adam (default 1e-3); for alrao a multiplier on every
+    Alrao rate (default 1.0)."""
+    eta_min: float = 1e-5
+    """Alrao: lower end of the log-uniform interval of per-unit rates."""
+    eta_max: float = 10.0
+    """Alrao: upper end of the interval."""
+    heads: int = 10
+    """Alrao: number of output heads."""
+    total_steps: int = 30_000
+    """environment steps."""
+    seed: int = 0
+    """seeds the network init, the Alrao rates, the env, exploration and replay sampling."""
+    eval_every: int = 5_000
+    """environment steps between greedy evaluations."""
+    eval_episodes: int = 10
+    """episodes per evaluation (each with its own fixed seed)."""
+    n_bins: int = 5
+    """values per continuous action dimension (Pendulum's torque: 5 values in [-2, 2])."""
+    hidden: tuple[int, int] = (64, 64)
+    """widths of the Q-network's two hidden layers."""
+    batch_size: int = 64
+    """minibatch size."""
+    gamma: float = 0.99
+    """discount factor."""
+    tau: float = 0.01
+    """soft target update rate: target <- (1 - tau) target + tau online, every gradient step."""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (transitions)."""
+    learning_starts: int = 1_000
+    """environment steps before the first gradient step."""
+    train_freq: int = 1
+    """environment steps between gradient steps."""
+    eps_start: float = 1.0
+    """initial exploration rate."""
+    eps_end: float = 0.05
+    """final exploration rate."""
+    exploration_steps: int = 10_000
+    """steps over which epsilon decays linearly."""
+    reward_scale: float | None = None
+    """multiply rewards by this in the TD target, so Q-values are O(1); None: (1 - gamma) / mean|r|
+    over the transitions collected before learning starts (estimated once, then fixed)."""
+    max_weight: float | None = 100.0
+    """Alrao: freeze a unit once one of its weights exceeds this (None: only non-finite ones)."""
+    averaging: str = "filtered"
+    """Alrao: 'filtered' or 'predictive' switch posterior for acting, targets and loss."""
+    checkpoint_every: int = 10_000
+    """steps between checkpoints (written at the next episode end)."""
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise ``ValueError``/``TypeError`` naming the field and value."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "sgd" and self.lr is None:
+            raise ValueError("method 'sgd' needs a learning rate (lr)")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("eta_min", "eta_max"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.eta_min > self.eta_max:
+            raise ValueError(f"eta_min must be <= eta_max, got eta_min={self.eta_min} > eta_max={self.eta_max}")
+        positive = ("heads", "total_steps", "eval_every", "eval_episodes", "batch_size", "buffer_size",
+                    "train_freq", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_starts", "exploration_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+        if len(self.hidden) != 2 or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be two widths >= 1, got {self.hidden}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        for name in ("eps_start", "eps_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.reward_scale is not None and not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
+        if self.max_weight is not None and not self.max_weight > 0:
+            raise ValueError(f"max_weight must be > 0, got {self.max_weight}")
+        if self.averaging not in ("filtered", "predictive"):
+            raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate (or Alrao multiplier) actually used."""
+        if self.lr is not None:
+            return self.lr
+        return 1.0 if self.method == "alrao" else 1e-3
+
+
+# --- small pure helpers, each the formula it names -------------------------------------------
+
+
+def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
+    """``start + (end - start) * min(t / duration, 1)``; ``end`` when ``duration == 0``."""
+    if duration <= 0:
+        return end
+    return start + (end - start) * min(t / duration, 1.0)
+
+
+def td_target(rewards: Tensor, terminated: Tensor, next_q_max: Tensor, gamma: float) -> Tensor:
+    """``y = r + gamma (1 - terminated) max_a' Q_target(s', a')``: bootstrap unless terminated."""
+    return rewards + gamma * (1.0 - terminated) * next_q_max
+
+
+def estimate_reward_scale(rewards: np.ndarray, gamma: float) -> float:
+    """``(1 - gamma) / mean |r|``: the scale that makes ``|Q| ~ mean|r| / (1 - gamma)`` about 1.
+
+    Returns 1.0 when every reward is 0 (nothing to normalize).
+    """
+    magnitude = float(np.mean(np.abs(rewards))) if len(rewards) else 0.0
+    return (1.0 - gamma) / magnitude if magnitude > 0 else 1.0
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak update of parameters: ``theta_target <- (1 - tau) theta_target + tau theta``."""
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module:
+    """The Q-network: MLP ``obs -> h1 -> h2 -> n_actions`` (ReLU); with Alrao, an
+    :class:`alrao_rl.AlraoModel` whose output layer is ``config.heads`` regression heads."""
+    h1, h2 = config.hidden
+    body = nn.Sequential(nn.Linear(obs_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
+    head = nn.Linear(h2, n_actions)
+    if config.method == "alrao":
+        return AlraoModel(body, head, n_heads=config.heads, task="regression", averaging=config.averaging)
+    return nn.Sequential(body, head)
+
+
+class DQNAgent:
+    """The Q-network, its target copy and optimizer, and one DQN gradient step.
+
+    :param obs_dim: observation size.
+    :param n_actions: number of discrete actions.
+    :param config: the run's configuration.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig) -> None:
+        self.config = config
+        self.alrao = config.method == "alrao"
+        torch.manual_seed(config.seed)
+        self.reward_scale = config.reward_scale if config.reward_scale is not None else 1.0
+        self.q_net = make_q_network(obs_dim, n_actions, config)
+        self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        lr = config.effective_lr
+        if self.alrao:
+            self.optimizer: torch.optim.Optimizer = AlraoSGD(
+                self.q_net, eta_min=config.eta_min, eta_max=config.eta_max, seed=config.seed, lr=lr,
+                max_weight=config.max_weight,
+            )
+        elif config.method == "sgd":
+            self.optimizer = torch.optim.SGD(self.q_net.parameters(), lr=lr)
+        else:
+            self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=lr)
+
+    @torch.no_grad()
+    def q_values(self, obs: Tensor) -> Tensor:
+        """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean), ``[B, A]``."""
+        return self.q_net(obs).prediction if self.alrao else self.q_net(obs)
+
+    @torch.no_grad()
+    def target_q_values(self, obs: Tensor) -> Tensor:
+        """``Q_target(s, .)``; Alrao: the target heads averaged with the *online* switch weights."""
+        if self.alrao:
+            net = self.target_net
+            return net.output(net.body(obs), log_weights=self.q_net.averaging_log_weights()).prediction
+        return self.target_net(obs)
+
+    def greedy_action(self, obs: np.ndarray) -> int:
+        """``argmax_a Q(s, a)`` for one observation."""
+        return int(self.q_values(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
+
+    def train_step(self, batch: TorchReplayBatch) -> float:
+        """TD target -> loss -> gradient step -> (Alrao) switch update -> soft target update.
+
+        :return: the loss value (Alrao: the mixture negative log-likelihood).
+        """
+        config = self.config
+        next_q_max = self.target_q_values(batch.next_observations).max(dim=1).values
+        y = td_target(batch.rewards * self.reward_scale, batch.terminated, next_q_max, config.gamma)
+        if self.alrao:
+            out = self.q_net(batch.observations).gather(batch.actions)
+            loss, head_ll = self.q_net.loss(out, y)
+        else:
+            q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+            loss = nn.functional.smooth_l1_loss(q, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.alrao:
+            self.q_net.switch.update(head_ll)
+        soft_update(self.target_net, self.q_net, config.tau)
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q_net": self.q_net.state_dict(),
+            "target_net": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "reward_scale": self.reward_scale,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reward_scale = float(state["reward_scale"])
+        self.q_net.load_state_dict(state["q_net"])
+        self.target_net.load_state_dict(state["target_net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def evaluate(agent: DQNAgent, env: gym.Env, seeds: list[int]) -> tuple[float, float]:
+    """Mean and standard deviation of the return of greedy episodes, one per seed."""
+    returns = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.greedy_action(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+# --- run plumbing: outputs, checkpoints, signals ---------------------------------------------
+
+COMPATIBLE_KEYS = ("env", "method", "lr", "eta_min", "eta_max", "heads", "seed", "n_bins", "hidden", "batch_size",
+                   "gamma", "tau", "reward_scale", "buffer_size", "learning_starts", "train_freq", "eps_start", "eps_end",
+                   "exploration_steps", "max_weight", "averaging", "eval_every", "eval_episodes")
+
+
+def _config_state(config: DQNConfig) -> dict[str, Any]:
+    state = asdict(config)
+    state["hidden"] = list(config.hidden)
+    return state
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".summary.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def _stop_requests() -> Iterator[dict[str, bool]]:
+    """SIGINT/SIGTERM ask the loop to stop at the next episode end (a second one stops now)."""
+    request = {"stop": False}
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if request["stop"]:
+            raise KeyboardInterrupt
+        request["stop"] = True
+        logger.warning("signal %d: stopping at the end of the current episode (again to stop now)", signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no signal handling
+            pass
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class _Progress:
+    """Counters that a checkpoint saves, so that a resumed run continues exactly."""
+
+    step: int = 0
+    episodes: int = 0
+    updates: int = 0
+    last_return: float = float("nan")
+    evals: list[list[float]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def train(config: DQNConfig, logdir: str | None = None, *, resume: bool = False, progress: bool = True) -> dict:
+    """Run DQN; return the summary (also written to ``logdir/summary.json``).
+
+    :param config: the run's configuration.
+    :param logdir: folder for ``evals.csv``, ``summary.json``, ``checkpoint.pt`` and TensorBoard
+        events (None: nothing is written).
+    :param resume: continue from ``logdir/checkpoint.pt`` (which must come from the same config).
+    :param progress: show a progress bar.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    env = make_env(config.env, config.seed, n_bins=config.n_bins)
+    eval_env = make_env(config.env, config.seed, n_bins=config.n_bins)
+    obs_dim = int(np.prod(env.observation_space.shape))
+    n_actions = int(env.action_space.n)
+    agent = DQNAgent(obs_dim, n_actions, config)
+    buffer = ReplayBuffer(env.observation_space.shape, min(config.buffer_size, config.total_steps), seed=config.seed)
+    rng = np.random.default_rng(config.seed)
+    eval_seeds = [1_000_000 + 1000 * config.seed + k for k in range(config.eval_episodes)]
+    state = _Progress()
+    obs, _ = env.reset(seed=config.seed)
+
+    ckpt_path = os.path.join(logdir, "checkpoint.pt") if logdir else None
+    if resume:
+        if ckpt_path is None or not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        saved = load_checkpoint(ckpt_path)
+        check_compatible(saved["config"], _config_state(config), COMPATIBLE_KEYS)
+        agent.load_state_dict(saved["agent"])
+        buffer.load_state_dict(saved["buffer"])
+        rng.bit_generator.state = saved["rng"]
+        env.unwrapped.np_random.bit_generator.state = saved["env_rng"]
+        state = _Progress(**saved["progress"])
+        obs, _ = env.reset()
+
+    writer = SummaryWriter(logdir) if logdir else None
+    if writer is not None and agent.alrao and state.step == 0:
+        rates = [s["alrao_rate"].flatten() for p, s in agent.optimizer.state.items()
+                 if any(p is q for q in agent.q_net.body.parameters())]
+        writer.add_histogram("alrao/log10_unit_rates", torch.cat(rates).log10(), 0)
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "config": _config_state(config),
+            "agent": agent.state_dict(),
+            "buffer": buffer.state_dict(),
+            "rng": rng.bit_generator.state,
+            "env_rng": env.unwrapped.np_random.bit_generator.state,
+            "progress": asdict(state),
+        })
+
+    session_start = time.perf_counter()
+    previous_seconds = state.wall_seconds
+    start_step = state.step
+    episode_return = 0.0
+    last_checkpoint = state.step
+    bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, unit="step",
+               dynamic_ncols=True, desc=f"{config.method} {config.env}")
+    with _stop_requests() as stop:
+        while state.step < config.total_steps:
+            t = state.step
+            # act: epsilon-greedy
+            epsilon = linear_schedule(config.eps_start, config.eps_end, config.exploration_steps, t)
+            explore = rng.random() < epsilon
+            action = int(rng.integers(n_actions)) if explore else agent.greedy_action(obs)
+            # store
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(obs, action, float(reward), next_obs, bool(terminated))
+            obs = next_obs
+            episode_return += float(reward)
+            state.step += 1
+            # learn: sample -> TD target -> loss -> step -> switch -> soft update
+            if state.step == config.learning_starts + 1 and config.reward_scale is None:
+                agent.reward_scale = estimate_reward_scale(buffer.rewards[: len(buffer)], config.gamma)
+            if state.step > config.learning_starts and state.step % config.train_freq == 0:
+                loss = agent.train_step(buffer.sample(config.batch_size).to_torch())
+                state.updates += 1
+                if writer is not None and state.updates % 100 == 0:
+                    writer.add_scalar("train/loss", loss, state.step)
+                    writer.add_scalar("train/epsilon", epsilon, state.step)
+                    if agent.alrao:
+                        for j, a_j in enumerate(agent.q_net.switch.posterior.tolist()):
+                            writer.add_scalar(f"alrao/posterior/head_{j}", a_j, state.step)
+            # evaluate
+            if state.step % config.eval_every == 0 or state.step == config.total_steps:
+                mean, std = evaluate(agent, eval_env, eval_seeds)
+                state.evals.append([state.step, mean, std])
+                if writer is not None:
+                    writer.add_scalar("eval/return_mean", mean, state.step)
+            # episode end
+            if terminated or truncated:
+                state.episodes += 1
+                state.last_return = episode_return
+                episode_return = 0.0
+                if writer is not None:
+                    writer.add_scalar("train/episode_return", state.last_return, state.step)
+                state.wall_seconds = previous_seconds + time.perf_counter() - session_start
+                if stop["stop"] or state.step - last_checkpoint >= config.checkpoint_every:
+                    checkpoint()
+                    last_checkpoint = state.step
+                if stop["stop"]:
+                    break
+                obs, _ = env.reset()
+            bar.update(1)
+            if state.step % 200 == 0:
+                postfix = {"return": f"{state.last_return:.1f}"}
+                if agent.alrao:
+                    postfix["best_head"] = int(agent.q_net.switch.posterior.argmax())
+                bar.set_postfix(postfix, refresh=False)
+    bar.close()
+    session_seconds = time.perf_counter() - session_start
+    state.wall_seconds = previous_seconds + session_seconds
+    if writer is not None:
+        writer.close()
+    interrupted = state.step < config.total_steps
+    if interrupted and ckpt_path is not None:
+        logger.warning("stopped at step %d; continue with --resume", state.step)
+    elif ckpt_path is not None:
+        checkpoint()
+    sps = (state.step - start_step) / max(session_seconds, 1e-9)
+    summary = _summary(config, state, sps, interrupted, agent.reward_scale)
+    if logdir is not None:
+        with open(os.path.join(logdir, "evals.csv"), "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["step", "eval_return_mean", "eval_return_std"])
+            out.writerows(state.evals)
+        _write_json(os.path.join(logdir, "summary.json"), summary)
+    env.close()
+    eval_env.close()
+    return summary
+
+
+def _summary(
+    config: DQNConfig, state: _Progress, steps_per_second: float, interrupted: bool, agent_reward_scale: float
+) -> dict[str, Any]:
+    evals = state.evals
+    return {
+        "env": config.env,
+        "method": config.method,
+        "lr": config.effective_lr,
+        "eta_min": config.eta_min if config.method == "alrao" else None,
+        "eta_max": config.eta_max if config.method == "alrao" else None,
+        "heads": config.heads if config.method == "alrao" else 1,
+        "seed": config.seed,
+        "total_steps": state.step,
+        "final_eval_return_mean": evals[-1][1] if evals else None,
+        "final_eval_return_std": evals[-1][2] if evals else None,
+        "best_eval_return_mean": max(e[1] for e in evals) if evals else None,
+        "episodes": state.episodes,
+        "reward_scale": agent_reward_scale,
+        "wall_seconds": round(state.wall_seconds, 2),
+        "steps_per_second": round(steps_per_second, 1),
+        "interrupted": interrupted,
+        "config": _config_state(config),
+    }
+

@@ -1,0 +1,82 @@
+"""Train a DQN agent with Alrao (no learning rate to tune), SGD or Adam, on a gymnasium task.
+
+    python scripts/run_dqn.py --env Pendulum-v1 --alrao
+    python scripts/run_dqn.py --env CartPole-v1 --optimizer adam --total-steps 50000
+    python scripts/run_dqn.py --env Pendulum-v1 --optimizer sgd --lr 1e-3 --logdir runs/sgd
+    python scripts/run_dqn.py --env Pendulum-v1 --alrao --logdir runs/a --resume   # continue a run
+
+Writes to --logdir: evals.csv (step,eval_return_mean,eval_return_std), summary.json, checkpoint.pt
+and TensorBoard events (tensorboard --logdir runs). Ctrl-C stops at the end of the current
+episode after saving a checkpoint; --resume continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import OneLineParser, add_config_arguments, config_from_args, fail  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agents.dqn import DQNConfig
+
+    parser = OneLineParser(
+        prog="run_dqn.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    method = parser.add_mutually_exclusive_group()
+    method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
+    method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
+    parser.add_argument("--logdir", default=None, help="output folder (default: runs/<env>-<method>-seed<seed>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --logdir")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(parser, DQNConfig, skip=("method",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from agents.checkpoint import CheckpointError
+    from agents.dqn import DQNConfig, train
+
+    from envs import make_env
+
+    method = args.optimizer or "alrao"
+    config = config_from_args(DQNConfig, args, method=method)
+    try:  # check the env before anything is written
+        make_env(config.env, n_bins=config.n_bins).close()
+    except (ValueError, TypeError) as e:
+        fail(str(e))
+    logdir = args.logdir or os.path.join("runs", f"{config.env}-{method}-seed{config.seed}")
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        fail(f"--logdir {logdir!r} is a file, not a folder")
+    existing = [f for f in ("checkpoint.pt", "summary.json") if os.path.exists(os.path.join(logdir, f))]
+    if existing and not args.resume:
+        fail(f"--logdir {logdir!r} already holds a run ({', '.join(existing)}); use --resume or another --logdir")
+    if args.resume and not os.path.exists(os.path.join(logdir, "checkpoint.pt")):
+        fail(f"--resume: no checkpoint.pt in {logdir!r}")
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        fail(f"--logdir {logdir!r}: {e.strerror}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    import torch
+
+    torch.set_num_threads(1)  # faster for DQN-sized networks (see benchmarks/bench_dqn.py)
+    try:
+        summary = train(config, logdir, resume=args.resume, progress=not args.no_progress)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    shown = {k: summary[k] for k in ("env", "method", "total_steps", "final_eval_return_mean", "steps_per_second")}
+    print(json.dumps(shown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
