@@ -126,6 +126,9 @@ class DQNConfig:
     reward_scale: float | None = None
     """multiply rewards by this in the TD target, so Q-values are O(1); None: (1 - gamma) / mean|r|
     over the transitions collected before learning starts (estimated once, then fixed)."""
+    td_variance: str = "unit"
+    """Alrao: the heads' Gaussian variance: 'unit' (1, the paper) or 'running' (a running mean of
+    the averaged model's squared TD error, so the likelihood is scale-free)."""
     max_weight: float | None = 100.0
     """Alrao: freeze a unit once one of its weights exceeds this (None: only non-finite ones)."""
     averaging: str = "filtered"
@@ -174,6 +177,8 @@ class DQNConfig:
             raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
         if self.max_weight is not None and not self.max_weight > 0:
             raise ValueError(f"max_weight must be > 0, got {self.max_weight}")
+        if self.td_variance not in ("unit", "running"):
+            raise ValueError(f"td_variance must be 'unit' or 'running', got {self.td_variance!r}")
         if self.averaging not in ("filtered", "predictive"):
             raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
 
@@ -239,6 +244,7 @@ class DQNAgent:
         self.alrao = config.method == "alrao"
         torch.manual_seed(config.seed)
         self.reward_scale = config.reward_scale if config.reward_scale is not None else 1.0
+        self.td_variance: float | None = None if config.td_variance == "running" else 1.0
         self.q_net = make_q_network(obs_dim, n_actions, config)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         lr = config.effective_lr
@@ -279,7 +285,12 @@ class DQNAgent:
         y = td_target(batch.rewards * self.reward_scale, batch.terminated, next_q_max, config.gamma)
         if self.alrao:
             out = self.q_net(batch.observations).gather(batch.actions)
-            loss, head_ll = self.q_net.loss(out, y)
+            if config.td_variance == "running":  # running mean of the averaged model's squared TD error
+                mse = float((out.prediction - y).square().mean())
+                if math.isfinite(mse):
+                    previous = mse if self.td_variance is None else self.td_variance
+                    self.td_variance = max(0.99 * previous + 0.01 * mse, 1e-8)
+            loss, head_ll = self.q_net.loss(out, y, variance=self.td_variance or 1.0)
         else:
             q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
             loss = nn.functional.smooth_l1_loss(q, y)
@@ -297,10 +308,12 @@ class DQNAgent:
             "target_net": self.target_net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "reward_scale": self.reward_scale,
+            "td_variance": self.td_variance,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reward_scale = float(state["reward_scale"])
+        self.td_variance = None if state["td_variance"] is None else float(state["td_variance"])
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -323,7 +336,7 @@ def evaluate(agent: DQNAgent, env: gym.Env, seeds: list[int]) -> tuple[float, fl
 # --- run plumbing: outputs, checkpoints, signals ---------------------------------------------
 
 COMPATIBLE_KEYS = ("env", "method", "lr", "eta_min", "eta_max", "heads", "seed", "n_bins", "hidden", "batch_size",
-                   "gamma", "tau", "reward_scale", "buffer_size", "learning_starts", "train_freq", "eps_start", "eps_end",
+                   "gamma", "tau", "reward_scale", "td_variance", "buffer_size", "learning_starts", "train_freq", "eps_start", "eps_end",
                    "exploration_steps", "max_weight", "averaging", "eval_every", "eval_episodes")
 
 

@@ -22,18 +22,18 @@ __all__ = [
 ]
 
 
-def reference_head_log_likelihood(output: Tensor, target: Tensor, task: str) -> Tensor:
+def reference_head_log_likelihood(output: Tensor, target: Tensor, task: str, variance: float = 1.0) -> Tensor:
     """``log p(y_b)`` for one head, per sample ``b`` (float64 ``[B]``).
 
     Classification: ``output`` are logits ``[B, C]``, ``p = softmax``. Regression: ``output`` is the
-    mean ``[B, ...]`` of a Gaussian with identity covariance.
+    mean ``[B, ...]`` of a Gaussian with covariance ``variance * I``.
     """
     if task == "classification":
         p = torch.softmax(output.double(), dim=-1)
         return torch.log(p[torch.arange(len(target)), target])
     diff = (output.double() - target.double()).reshape(len(target), -1)
     d = diff.shape[1]
-    density = torch.exp(-0.5 * (diff**2).sum(1)) / (2 * math.pi) ** (d / 2)
+    density = torch.exp(-0.5 * (diff**2).sum(1) / variance) / (2 * math.pi * variance) ** (d / 2)
     return torch.log(density)
 
 
@@ -46,6 +46,7 @@ def reference_alrao_step(
     x: Tensor,
     y: Tensor,
     task: str,
+    variance: float = 1.0,
 ) -> Tensor:
     """One plain-SGD Alrao step (Algorithm 1, lines 10-16), in place; returns ``ll_j`` ``[N]``.
 
@@ -58,7 +59,7 @@ def reference_alrao_step(
     """
     z = body(x)
     # line 12: the body's gradient of the mixture negative log-likelihood.
-    densities = [torch.exp(reference_head_log_likelihood(h(z), y, task)) for h in heads]
+    densities = [torch.exp(reference_head_log_likelihood(h(z), y, task, variance)) for h in heads]
     mixture_density = sum(a[j] * p_j for j, p_j in enumerate(densities))
     mixture_nll = -torch.log(mixture_density).mean()
     body_params = dict(body.named_parameters())
@@ -67,7 +68,7 @@ def reference_alrao_step(
     z_fixed = z.detach()
     head_grads, lls = [], []
     for h in heads:
-        ll = reference_head_log_likelihood(h(z_fixed), y, task)
+        ll = reference_head_log_likelihood(h(z_fixed), y, task, variance)
         lls.append(ll.mean())
         head_grads.append(torch.autograd.grad(-ll.mean(), list(h.parameters())))
     with torch.no_grad():

@@ -3,9 +3,9 @@
 Each head ``j`` is a probabilistic model of the target:
 
 * ``classification``: head ``j`` outputs logits ``s_j``; ``p_j(y) = softmax(s_j)_y``.
-* ``regression``: head ``j`` is a Gaussian with mean ``mu_j`` and identity covariance over the
-  output vector (the paper's RL setup, Appendix D):
-  ``log p_j(y) = -1/2 ||y - mu_j||^2 - d/2 log(2 pi)``; after :meth:`AlraoOutput.gather` the
+* ``regression``: head ``j`` is a Gaussian with mean ``mu_j`` and covariance ``sigma^2 I`` over
+  the output vector (the paper's RL setup, Appendix D, has ``sigma^2 = 1``):
+  ``log p_j(y) = -||y - mu_j||^2 / (2 sigma^2) - d/2 log(2 pi sigma^2)``; after :meth:`AlraoOutput.gather` the
   output is the one selected scalar (``d = 1``).
 
 Every leading dimension indexes samples ``b = 1..M``. With averaging weights ``a_j``, the
@@ -66,6 +66,7 @@ class _AlraoLoss(torch.autograd.Function):
         log_weights: Tensor,
         finite: Tensor | None,
         task: str,
+        variance: float,
     ) -> tuple[Tensor, Tensor]:
         n_heads, n_out, n_in = weight.shape
         m = z.numel() // n_in  # samples
@@ -76,14 +77,15 @@ class _AlraoLoss(torch.autograd.Function):
             lse = torch.logsumexp(u, dim=2, keepdim=True)
             ll = (u.gather(2, y) - lse).squeeze(2)  # [M, N]
             saved = u
-        elif index is None:
-            diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
-            ll = diff.square().sum(dim=2).mul_(-0.5).sub_(0.5 * n_out * _LOG_2PI)
-            saved = diff
         else:
-            diff = values.reshape(m, n_heads) - target.reshape(m, 1)
-            ll = diff.square().mul_(-0.5).sub_(0.5 * _LOG_2PI)
-            saved = diff
+            if index is None:
+                diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
+                sq, dim = diff.square().sum(dim=2), n_out
+            else:
+                diff = values.reshape(m, n_heads) - target.reshape(m, 1)
+                sq, dim = diff.square(), 1
+            ll = sq.mul_(-0.5 / variance).sub_(0.5 * dim * (_LOG_2PI + math.log(variance)))
+            saved = diff if variance == 1.0 else diff / variance
         head_ll = ll.mean(dim=0)
         lw = log_weights.to(ll.dtype)
         usable = None
@@ -138,7 +140,7 @@ class _AlraoLoss(torch.autograd.Function):
             grad_w = (g.t() @ z.reshape(m, n_in)).view(n_heads, n_out, n_in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=0).view(n_heads, n_out)
-        return grad_z, grad_w, grad_b, None, None, None, None, None, None
+        return grad_z, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 def alrao_loss(
@@ -151,6 +153,7 @@ def alrao_loss(
     log_weights: Tensor,
     finite: Tensor | None,
     task: Task,
+    variance: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """The Alrao loss of one minibatch and each head's minibatch-mean log-likelihood.
 
@@ -172,6 +175,7 @@ def alrao_loss(
     :param log_weights: the averaging weights ``log a_j`` ``[N]``.
     :param finite: ``[N]`` bool, heads whose outputs are all finite (None: all are).
     :param task: ``"classification"`` or ``"regression"``.
+    :param variance: regression only: the heads' Gaussian variance ``sigma^2`` (the paper: 1).
     :return: ``(loss, head_ll)``: the scalar to ``backward()`` and the ``[N]`` detached
         minibatch-mean log-likelihoods for :meth:`alrao_rl.Switch.update`.
     """
@@ -191,7 +195,11 @@ def alrao_loss(
             raise ValueError(f"regression target shape {tuple(target.shape)} must be {tuple(expected)}")
     if finite is not None and bool(finite.all()):
         finite = None
-    loss, head_ll = _AlraoLoss.apply(z, weight, bias, values, index, target, log_weights, finite, task)
+    if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance > 0):
+        raise ValueError(f"variance must be a finite number > 0, got {variance!r}")
+    loss, head_ll = _AlraoLoss.apply(
+        z, weight, bias, values, index, target, log_weights, finite, task, float(variance)
+    )
     if float(loss.detach()) == math.inf:
         warnings.warn(
             "alrao_loss: no head has a finite likelihood on this batch (the body diverged?); "

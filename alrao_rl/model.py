@@ -202,7 +202,7 @@ class AlraoModel(nn.Module):
                 lw = lw - torch.logsumexp(lw, dim=0)
         return AlraoOutput(values, lw, finite, self.task, z)
 
-    def loss(self, out: AlraoOutput, target: Tensor) -> tuple[Tensor, Tensor]:
+    def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
 
         Its backward gives the body the gradient of the mixture negative log-likelihood and each
@@ -211,6 +211,7 @@ class AlraoModel(nn.Module):
         :param out: this model's output (possibly ``out.gather(actions)``).
         :param target: class indices ``[*lead]`` (classification), or values shaped like
             ``out.prediction`` (regression).
+        :param variance: regression: the heads' Gaussian variance (default 1, as in the paper).
         :return: ``(loss, head_ll)``: call ``loss.backward()`` and, after the optimizer step,
             ``model.switch.update(head_ll)``.
         """
@@ -220,7 +221,7 @@ class AlraoModel(nn.Module):
             raise ValueError("out does not come from this model's forward")
         return alrao_loss(
             out.features, self.heads.weight, self.heads.bias, out.values, out.index, target,
-            out.log_weights, out.finite, self.task,
+            out.log_weights, out.finite, self.task, variance,
         )
 
     @torch.no_grad()

@@ -17,8 +17,9 @@ at once. The rates live in ``self.state[p]["alrao_rate"]`` as compact tensors th
 against ``p``, so ``state_dict()`` / ``load_state_dict()`` carry them.
 
 **Runaway units.** With ``eta_max = 10`` some features diverge. After every step the optimizer
-checks (one vectorized max-norm per parameter) that every weight is finite and, if
-``max_weight`` is set, at most ``max_weight`` in absolute value. A feature that fails is reset to
+checks (one vectorized norm per parameter) that every weight is finite and, if ``max_weight`` is
+set, that no weight of the body exceeds ``max_weight`` in absolute value (output heads are only
+checked for finiteness: they must be free to reach the scale of the targets). A feature that fails is reset to
 zero and frozen: its parameters, its optimizer buffers and its rate are set to 0, so it outputs a
 constant and never moves again, and its inf/NaN cannot spread to the rest of the network through
 the next forward pass (Appendix G of the paper: frozen features do not hurt training). Frozen
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .heads import AlraoHeads
 from .rates import check_interval, sample_unit_rates
 
 __all__ = ["AlraoAdam", "AlraoSGD"]
@@ -66,11 +68,18 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         generator = torch.Generator().manual_seed(seed)
         rates = sample_unit_rates(model, eta_min, eta_max, generator)
         named = dict(model.named_parameters())
-        params = [named[name] for name in rates]
-        if not params:
+        if not rates:
             raise ValueError("model has no trainable parameters")
+        # Output heads are guarded against non-finite weights only: their weights must be free to
+        # reach the scale of the targets; max_weight protects the body's units.
+        head_ids = {id(p) for m in model.modules() if isinstance(m, AlraoHeads) for p in m.parameters()}
+        body = [named[name] for name in rates if id(named[name]) not in head_ids]
+        heads = [named[name] for name in rates if id(named[name]) in head_ids]
+        groups = [{"params": body}] if body else []
+        if heads:
+            groups.append({"params": heads, "max_weight": None})
         defaults = {**defaults, "eta_min": eta_min, "eta_max": eta_max, "max_weight": max_weight}
-        super().__init__(params, defaults)
+        super().__init__(groups, defaults)
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
 
@@ -129,7 +138,7 @@ class AlraoSGD(_AlraoOptimizer):
     :param dampening: as ``torch.optim.SGD``.
     :param weight_decay: L2 penalty, as ``torch.optim.SGD``.
     :param nesterov: as ``torch.optim.SGD``.
-    :param max_weight: also freeze a feature once any of its weights exceeds this (None: only
+    :param max_weight: also freeze a body feature once any of its weights exceeds this (None: only
         non-finite weights are frozen).
 
     >>> opt = AlraoSGD(model, eta_min=1e-5, eta_max=10.0, seed=0)

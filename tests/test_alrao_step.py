@@ -39,8 +39,11 @@ def _switch_weights(model: AlraoModel, steps: int) -> None:
 
 
 @pytest.mark.parametrize("averaging", ["predictive", "filtered"])
-@pytest.mark.parametrize("task,n_out", [("classification", 5), ("regression", 2), ("regression", 1)])
-def test_one_backward_gives_the_gradients_of_algorithm_1(task: str, n_out: int, averaging: str) -> None:
+@pytest.mark.parametrize(
+    "task,n_out,variance", [("classification", 5, 1.0), ("regression", 2, 1.0), ("regression", 1, 1.0),
+                            ("regression", 2, 0.3)]
+)
+def test_one_backward_gives_the_gradients_of_algorithm_1(task: str, n_out: int, variance: float, averaging: str) -> None:
     model = _model(task, n_out, averaging=averaging)
     _switch_weights(model, 3)
     opt = AlraoSGD(model, eta_min=1e-3, eta_max=1.0, seed=0)
@@ -56,9 +59,9 @@ def test_one_backward_gives_the_gradients_of_algorithm_1(task: str, n_out: int, 
         y = torch.randn(16, n_out, generator=gen, dtype=torch.float64)
     a = model.switch.posterior if averaging == "predictive" else model.switch.filtered_posterior
 
-    ref_ll = reference_alrao_step(ref_body, ref_heads, a, body_rates, head_rates, x, y, task)
+    ref_ll = reference_alrao_step(ref_body, ref_heads, a, body_rates, head_rates, x, y, task, variance)
     out = model(x)
-    loss, head_ll = model.loss(out, y)
+    loss, head_ll = model.loss(out, y, variance=variance) if task == "regression" else model.loss(out, y)
     opt.zero_grad()
     loss.backward()
     opt.step()
