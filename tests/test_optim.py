@@ -230,6 +230,21 @@ def test_max_weight_freezes_runaway_units() -> None:
     assert opt.state[net.out.weight]["alrao_rate"][1] == 0
 
 
+def test_max_weight_does_not_bound_the_output_heads() -> None:
+    """Heads must reach the scale of the targets (e.g. Q-values of -600); only non-finite ones freeze."""
+    torch.manual_seed(0)
+    model = AlraoModel(nn.Sequential(nn.Linear(2, 4), nn.ReLU()), nn.Linear(4, 1), n_heads=3, task="regression")
+    opt = AlraoSGD(model, eta_min=1e-3, eta_max=0.1, max_weight=5.0)
+    with torch.no_grad():
+        model.heads.bias.fill_(-600.0)
+    loss, _ = model.loss(model(torch.randn(8, 2)), torch.full((8, 1), -600.0))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.all(model.heads.bias.abs() > 500) and opt.frozen_units() == 0
+    assert [g["max_weight"] for g in opt.param_groups] == [5.0, None]
+
+
 def test_frozen_units_survive_a_state_dict_round_trip() -> None:
     net = _Net()
     opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1, max_weight=5.0)
