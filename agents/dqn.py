@@ -14,8 +14,7 @@ The training loop in :func:`train` reads like the algorithm box::
 **Alrao in RL.** The Q-network's body gets per-unit rates in ``[eta_min, eta_max]``; its output
 layer becomes ``heads`` Gaussian regression heads; ``Q(s, .)`` is their average. Unlike supervised
 targets, TD targets are computed from the model's own average, and TD errors have the scale of the
-returns (tens on Pendulum). The choices, each measured on Pendulum-v1 (30,000 steps, seeds 0/1/2,
-final greedy return; the README has the commands):
+returns (tens on Pendulum). The choices (their measured effect is in the README's DQN section):
 
 * **filtered posterior** for acting, targets and the mixture loss: ``P(head at t = j | data 1..t)``
   gives weight 0 to a head whose likelihood collapsed, where the predictive posterior keeps a
@@ -23,14 +22,12 @@ final greedy return; the README has the commands):
   (:class:`alrao_rl.AlraoModel` with ``averaging="filtered"``);
 * **heads' variance = running mean of the averaged model's squared TD error** (``td_variance``):
   the likelihood takes the scale of the TD errors, so high-rate units are not blasted by squared
-  errors of hundreds early on, and the switch still tells heads apart once errors are small.
-  Variance 1 (the paper): -149, -203, -1289; running: -149, -144, -176. Rescaling rewards so
-  that Q is O(1), with variance 1, did not learn (-1113 on seed 0): errors of 0.01 barely move a
-  unit-variance likelihood;
+  errors of hundreds early on (the paper's variance 1), and the switch still tells heads apart
+  once the errors are small (variance 1 on rewards rescaled to make Q O(1) could not: errors of
+  0.01 barely move a unit-variance likelihood);
 * **runaway body units** are zeroed and frozen by :class:`alrao_rl.AlraoSGD` once a weight is
   non-finite or exceeds ``max_weight`` (100); the heads are only checked for finiteness, since
-  they must reach Q-values of -600 (bounding them too made all three seeds fail: -1257, -1120,
-  -1362);
+  they must reach Q-values of several hundred;
 * **non-finite heads** are left out of the average and the loss (the core does it).
 """
 
