@@ -70,13 +70,10 @@ class _AlraoLoss(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         n_heads, n_out, n_in = weight.shape
         m = z.numel() // n_in  # samples
-        lse = None
         if task == "classification":
-            u = values.reshape(m, n_heads, n_out)
             y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
-            lse = torch.logsumexp(u, dim=2, keepdim=True)
-            ll = (u.gather(2, y) - lse).squeeze(2)  # [M, N]
-            saved = u
+            saved = torch.log_softmax(values.reshape(m, n_heads, n_out), dim=2)  # log p_j(. | x_b)
+            ll = saved.gather(2, y).squeeze(2)  # [M, N]
         else:
             if index is None:
                 diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
@@ -103,7 +100,7 @@ class _AlraoLoss(torch.autograd.Function):
         lse_mix = torch.logsumexp(joint, dim=1, keepdim=True)  # [M, 1]
         loss = lse_mix.mean().neg()
         q = (joint - lse_mix).exp_() if math.isfinite(float(loss)) else torch.zeros_like(joint)
-        ctx.save_for_backward(z, weight, saved, q, lse, target, index, usable)
+        ctx.save_for_backward(z, weight, saved, q, target, index, usable)
         ctx.task = task
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(head_ll)
@@ -111,15 +108,14 @@ class _AlraoLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, _grad_ll: Tensor | None) -> tuple[Tensor | None, ...]:
-        z, weight, saved, q, lse, target, index, usable = ctx.saved_tensors
+        z, weight, saved, q, target, index, usable = ctx.saved_tensors
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]
         scale = grad_loss / m
         # g[b, j] = d(-log p_j(y_b))/du_bj * grad / M, for the selected output(s).
         if ctx.task == "classification":
             y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
-            g = torch.sub(saved, lse).exp_()
-            g = g.scatter_add_(2, y, torch.full_like(lse, -1.0)).mul_(scale)
+            g = saved.exp().scatter_add_(2, y, saved.new_full(y.shape, -1.0)).mul_(scale)
         else:
             g = saved * scale
         flat_w = weight.view(n_heads * n_out, n_in)
