@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cli import OneLineParser, add_config_arguments, config_from_args, fail  # noqa: E402
+from _cli import OneLineParser, add_config_arguments, config_from_args, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from agents.checkpoint import CheckpointError
     from agents.dqn import DQNConfig, train
-
     from envs import make_env
 
     method = args.optimizer or "alrao"
