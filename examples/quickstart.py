@@ -13,7 +13,7 @@ opt = alrao_rl.AlraoSGD(model, eta_min=1e-5, eta_max=10.0, seed=0)  # one rate p
 
 gen = torch.Generator().manual_seed(0)
 teacher = torch.randn(20, 3, generator=gen)
-for step in range(2000):
+for _step in range(2000):
     x = torch.randn(64, 20, generator=gen)
     y = (x @ teacher).argmax(dim=1)
     out = model(x)                      # per-head outputs + the switch-averaged prediction

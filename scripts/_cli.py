@@ -6,6 +6,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import itertools
 import sys
 import textwrap
 import types
@@ -13,7 +14,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-__all__ = ["OneLineParser", "add_config_arguments", "config_from_args", "field_docs", "fail"]
+__all__ = ["OneLineParser", "add_config_arguments", "config_from_args", "fail", "field_docs"]
 
 
 def fail(message: str) -> NoReturn:
@@ -35,7 +36,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
+    for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

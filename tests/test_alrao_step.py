@@ -40,10 +40,12 @@ def _switch_weights(model: AlraoModel, steps: int) -> None:
 
 @pytest.mark.parametrize("averaging", ["predictive", "filtered"])
 @pytest.mark.parametrize(
-    "task,n_out,variance", [("classification", 5, 1.0), ("regression", 2, 1.0), ("regression", 1, 1.0),
-                            ("regression", 2, 0.3)]
+    "task,n_out,variance",
+    [("classification", 5, 1.0), ("regression", 2, 1.0), ("regression", 1, 1.0), ("regression", 2, 0.3)],
 )
-def test_one_backward_gives_the_gradients_of_algorithm_1(task: str, n_out: int, variance: float, averaging: str) -> None:
+def test_one_backward_gives_the_gradients_of_algorithm_1(
+    task: str, n_out: int, variance: float, averaging: str
+) -> None:
     model = _model(task, n_out, averaging=averaging)
     _switch_weights(model, 3)
     opt = AlraoSGD(model, eta_min=1e-3, eta_max=1.0, seed=0)

@@ -21,8 +21,14 @@ from agents.dqn import DQNAgent, DQNConfig, linear_schedule, soft_update, td_tar
 from agents.replay_buffer import TorchReplayBatch
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"env": "CartPole-v1", "total_steps": 600, "learning_starts": 100, "eval_every": 300, "eval_episodes": 2,
-        "buffer_size": 1000}
+TINY = {
+    "env": "CartPole-v1",
+    "total_steps": 600,
+    "learning_starts": 100,
+    "eval_every": 300,
+    "eval_episodes": 2,
+    "buffer_size": 1000,
+}
 
 
 def test_linear_schedule_is_the_formula() -> None:
@@ -39,7 +45,9 @@ def test_td_target_bootstraps_unless_terminated() -> None:
 
 def test_soft_update_is_polyak_averaging() -> None:
     online, target = nn.Linear(3, 2), nn.Linear(3, 2)
-    expected = [(1 - 0.1) * t.detach() + 0.1 * o.detach() for t, o in zip(target.parameters(), online.parameters(), strict=True)]
+    expected = [
+        (1 - 0.1) * t.detach() + 0.1 * o.detach() for t, o in zip(target.parameters(), online.parameters(), strict=True)
+    ]
     soft_update(target, online, 0.1)
     for p, e in zip(target.parameters(), expected, strict=True):
         torch.testing.assert_close(p, e)
@@ -48,8 +56,11 @@ def test_soft_update_is_polyak_averaging() -> None:
 def _batch(n: int = 32, obs_dim: int = 3, n_actions: int = 5, seed: int = 0) -> TorchReplayBatch:
     g = torch.Generator().manual_seed(seed)
     return TorchReplayBatch(
-        torch.randn(n, obs_dim, generator=g), torch.randint(0, n_actions, (n,), generator=g),
-        -torch.rand(n, generator=g) * 10, torch.randn(n, obs_dim, generator=g), torch.zeros(n),
+        torch.randn(n, obs_dim, generator=g),
+        torch.randint(0, n_actions, (n,), generator=g),
+        -torch.rand(n, generator=g) * 10,
+        torch.randn(n, obs_dim, generator=g),
+        torch.zeros(n),
     )
 
 
@@ -92,8 +103,21 @@ def test_train_writes_evals_summary_and_tensorboard(tmp_path: Path, method: str,
         rows = list(csv.reader(f))
     assert rows[0] == ["step", "eval_return_mean", "eval_return_std"] and [r[0] for r in rows[1:]] == ["300", "600"]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    keys = {"env", "method", "lr", "eta_min", "eta_max", "heads", "seed", "total_steps", "final_eval_return_mean",
-            "final_eval_return_std", "best_eval_return_mean", "wall_seconds", "steps_per_second"}
+    keys = {
+        "env",
+        "method",
+        "lr",
+        "eta_min",
+        "eta_max",
+        "heads",
+        "seed",
+        "total_steps",
+        "final_eval_return_mean",
+        "final_eval_return_std",
+        "best_eval_return_mean",
+        "wall_seconds",
+        "steps_per_second",
+    }
     assert keys <= set(on_disk) and on_disk["method"] == method and on_disk == json.loads(json.dumps(summary))
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
     assert (tmp_path / "checkpoint.pt").exists()
@@ -106,13 +130,32 @@ def test_same_seed_same_run() -> None:
 
 
 def _script(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_dqn.py"), "--no-progress", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "run_dqn.py"), "--no-progress", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    common = ["--env", "CartPole-v1", "--total-steps", "3000", "--learning-starts", "200", "--eval-every", "1000",
-              "--eval-episodes", "2", "--checkpoint-every", "500", "--buffer-size", "5000"]
+    common = [
+        "--env",
+        "CartPole-v1",
+        "--total-steps",
+        "3000",
+        "--learning-starts",
+        "200",
+        "--eval-every",
+        "1000",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-every",
+        "500",
+        "--buffer-size",
+        "5000",
+    ]
     full = _script(*common, "--logdir", str(tmp_path / "full"))
     part = _script(*common, "--logdir", str(tmp_path / "part"))
     ckpt = tmp_path / "part" / "checkpoint.pt"

@@ -40,7 +40,7 @@ def test_huge_log_likelihoods_keep_their_differences() -> None:
     """At -2.5e31 float64 cannot hold a difference of 5 unless the common scale is removed."""
     lls = torch.tensor([[-1.0, -3.0, -2.0], [-2.5e31, -2.5e31 - 5e16, -math.inf]], dtype=torch.float64)
     switch = _run(lls, 0.999)
-    filtered, predictive = reference_switch_posteriors(lls - lls.max(1, keepdim=True).values, 0.999)
+    filtered, _predictive = reference_switch_posteriors(lls - lls.max(1, keepdim=True).values, 0.999)
     torch.testing.assert_close(switch.filtered_posterior, filtered)
     torch.testing.assert_close(switch.posterior.sum(), torch.tensor(1.0, dtype=torch.float64))
 
