@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import os
 import sys
 import textwrap
 import types
@@ -88,3 +89,33 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> A
         return cls(**values)
     except (TypeError, ValueError) as e:
         fail(str(e))
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str) -> None:
+    """``--alrao | --optimizer {sgd,adam}``, ``--logdir``, ``--resume``, ``--no-progress``."""
+    method = parser.add_mutually_exclusive_group()
+    method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
+    method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
+    parser.add_argument("--logdir", default=None, help=f"output folder (default: {default_logdir})")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --logdir")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def check_logdir(logdir: str, resume: bool) -> None:
+    """Refuse a ``--logdir`` that cannot take this run, before anything is written: a file, a
+    folder that already holds a run (unless resuming), or a resume without a checkpoint."""
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        fail(f"--logdir {logdir!r} is a file, not a folder")
+    existing = [f for f in ("checkpoint.pt", "summary.json") if os.path.exists(os.path.join(logdir, f))]
+    if existing and not resume:
+        fail(f"--logdir {logdir!r} already holds a run ({', '.join(existing)}); use --resume or another --logdir")
+    if resume and not os.path.exists(os.path.join(logdir, "checkpoint.pt")):
+        fail(f"--resume: no checkpoint.pt in {logdir!r}")
+
+
+def make_logdir(logdir: str) -> None:
+    """Create ``logdir`` (and its parents), or exit 2 naming the problem."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        fail(f"--logdir {logdir!r}: {e.strerror}")

@@ -28,22 +28,24 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cli import OneLineParser, add_config_arguments, config_from_args, fail
+from _cli import (
+    OneLineParser,
+    add_config_arguments,
+    add_method_arguments,
+    check_logdir,
+    config_from_args,
+    fail,
+    make_logdir,
+)
 
 # --- shared with run_ptb.py ------------------------------------------------------------------------------
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Method, output and launch options common to the supervised scripts."""
-    method = parser.add_mutually_exclusive_group()
-    method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
-    method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
-    parser.add_argument("--logdir", default=None,
-                        help="output folder (default: runs/<task>-<model>-<method>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --logdir")
+    add_method_arguments(parser, "runs/<task>-<model>-<method>-seed<seed>")
     parser.add_argument("--nproc", type=int, default=1,
                         help="train in this many processes (DistributedDataParallel; default 1)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _torchrun_world_size() -> int:
@@ -60,13 +62,7 @@ def check_run_arguments(args: argparse.Namespace, default_name: str) -> str:
     if args.nproc > 1 and _torchrun_world_size() > 1:
         fail("--nproc cannot be combined with torchrun (torchrun already starts the processes)")
     logdir = args.logdir or os.path.join("runs", default_name)
-    if os.path.exists(logdir) and not os.path.isdir(logdir):
-        fail(f"--logdir {logdir!r} is a file, not a folder")
-    existing = [f for f in ("checkpoint.pt", "summary.json") if os.path.exists(os.path.join(logdir, f))]
-    if existing and not args.resume:
-        fail(f"--logdir {logdir!r} already holds a run ({', '.join(existing)}); use --resume or another --logdir")
-    if args.resume and not os.path.exists(os.path.join(logdir, "checkpoint.pt")):
-        fail(f"--resume: no checkpoint.pt in {logdir!r}")
+    check_logdir(logdir, args.resume)
     return logdir
 
 
@@ -84,10 +80,7 @@ def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
         check_data(config, data, world)
     except ValueError as e:
         fail(str(e))
-    try:
-        os.makedirs(logdir, exist_ok=True)
-    except OSError as e:
-        fail(f"--logdir {logdir!r}: {e.strerror}")
+    make_logdir(logdir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     progress = not args.no_progress
     rank = 0

@@ -20,7 +20,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cli import OneLineParser, add_config_arguments, config_from_args, fail
+from _cli import (
+    OneLineParser,
+    add_config_arguments,
+    add_method_arguments,
+    check_logdir,
+    config_from_args,
+    fail,
+    make_logdir,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,12 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="run_dqn.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    method = parser.add_mutually_exclusive_group()
-    method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
-    method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
-    parser.add_argument("--logdir", default=None, help="output folder (default: runs/<env>-<method>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --logdir")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_method_arguments(parser, "runs/<env>-<method>-seed<seed>")
     add_config_arguments(parser, DQNConfig, skip=("method",))
     return parser
 
@@ -53,17 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         fail(str(e))
     logdir = args.logdir or os.path.join("runs", f"{config.env}-{method}-seed{config.seed}")
-    if os.path.exists(logdir) and not os.path.isdir(logdir):
-        fail(f"--logdir {logdir!r} is a file, not a folder")
-    existing = [f for f in ("checkpoint.pt", "summary.json") if os.path.exists(os.path.join(logdir, f))]
-    if existing and not args.resume:
-        fail(f"--logdir {logdir!r} already holds a run ({', '.join(existing)}); use --resume or another --logdir")
-    if args.resume and not os.path.exists(os.path.join(logdir, "checkpoint.pt")):
-        fail(f"--resume: no checkpoint.pt in {logdir!r}")
-    try:
-        os.makedirs(logdir, exist_ok=True)
-    except OSError as e:
-        fail(f"--logdir {logdir!r}: {e.strerror}")
+    check_logdir(logdir, args.resume)
+    make_logdir(logdir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
