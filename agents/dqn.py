@@ -64,6 +64,7 @@ __all__ = [
     "evaluate",
     "linear_schedule",
     "make_q_network",
+    "running_td_variance",
     "soft_update",
     "td_target",
     "train",
@@ -219,6 +220,19 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
 
 
+def running_td_variance(previous: float | None, mse: float) -> float | None:
+    """One update of the heads' variance: ``max(0.99 previous + 0.01 mse, 1e-8)``.
+
+    :param previous: the current estimate; None before the first minibatch (start at ``mse``).
+    :param mse: the averaged model's mean squared TD error on this minibatch; a non-finite value
+        leaves ``previous`` unchanged.
+    """
+    if not math.isfinite(mse):
+        return previous
+    start = mse if previous is None else previous
+    return max(0.99 * start + 0.01 * mse, 1e-8)
+
+
 def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module:
     """The Q-network: MLP ``obs -> h1 -> h2 -> n_actions`` (ReLU); with Alrao, an
     :class:`alrao_rl.AlraoModel` whose output layer is ``config.heads`` regression heads."""
@@ -288,10 +302,7 @@ class DQNAgent:
         if self.alrao:
             out = self.q_net(batch.observations).gather(batch.actions)
             if config.td_variance == "running":  # running mean of the averaged model's squared TD error
-                mse = float((out.prediction - y).square().mean())
-                if math.isfinite(mse):
-                    previous = mse if self.td_variance is None else self.td_variance
-                    self.td_variance = max(0.99 * previous + 0.01 * mse, 1e-8)
+                self.td_variance = running_td_variance(self.td_variance, float((out.prediction - y).square().mean()))
             loss, head_ll = self.q_net.loss(out, y, variance=self.td_variance or 1.0)
         else:
             q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)

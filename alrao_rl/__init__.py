@@ -2,7 +2,7 @@
 
 from .heads import AlraoHeads
 from .losses import alrao_loss
-from .model import AlraoModel, AlraoOutput, mixture
+from .model import AlraoModel, AlraoOutput
 from .optim import AlraoAdam, AlraoSGD
 from .rates import log_spaced, log_uniform, register_unit_rule, sample_unit_rates
 from .switch import Switch
@@ -17,7 +17,6 @@ __all__ = [
     "alrao_loss",
     "log_spaced",
     "log_uniform",
-    "mixture",
     "register_unit_rule",
     "sample_unit_rates",
 ]

@@ -26,7 +26,7 @@ from .heads import AlraoHeads
 from .losses import TASKS, Task, alrao_loss
 from .switch import Switch
 
-__all__ = ["AlraoModel", "AlraoOutput", "Averaging", "mixture"]
+__all__ = ["AlraoModel", "AlraoOutput", "Averaging"]
 
 Averaging = Literal["predictive", "filtered"]
 _AVERAGINGS = ("predictive", "filtered")
@@ -78,7 +78,16 @@ class AlraoOutput:
     def prediction(self) -> Tensor:
         """The averaged model's output, no gradient: ``log sum_j a_j p_j`` ``[*lead, C]``
         (classification) or ``sum_j a_j mu_j`` (regression)."""
-        return mixture(self.heads, self.log_weights, self.task)
+        values = self.values
+        head_dim = -1 if self.index is not None else -2
+        if self.finite is not None:  # rare: zero the non-finite heads (they have weight 0)
+            keep = self.finite.view(-1, 1) if self.index is None else self.finite
+            values = torch.where(keep, values, 0.0)
+        if self.task == "classification":
+            return torch.logsumexp(torch.log_softmax(values, dim=-1) + self.log_weights.unsqueeze(1), dim=head_dim)
+        # sum_j a_j mu_j as one matmul; a_j = 0 for a head left out, whose outputs are finite here
+        a = self.log_weights.exp()
+        return values @ a if self.index is not None else torch.matmul(a, values)
 
     def gather(self, index: Tensor) -> AlraoOutput:
         """Regression: select one output per sample (e.g. the Q-value of the action taken).
@@ -98,20 +107,6 @@ class AlraoOutput:
         expanded = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
         return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index)
-
-
-def mixture(heads: Tensor, log_weights: Tensor, task: Task) -> Tensor:
-    """The averaged prediction of head outputs ``[N, ...]`` with weights ``exp(log_weights)``.
-
-    Classification: ``log sum_j a_j p_j`` (log-probabilities in); regression: ``sum_j a_j mu_j``.
-    Heads with weight 0 (``-inf``) contribute nothing, even if their outputs are not finite.
-    """
-    shape = (-1, *([1] * (heads.dim() - 1)))
-    lw = log_weights.to(heads.dtype).view(shape)
-    keep = torch.isfinite(lw)
-    if task == "classification":
-        return torch.logsumexp(torch.where(keep, lw + heads, -math.inf), dim=0)
-    return torch.where(keep, lw.exp() * heads, 0.0).sum(dim=0)
 
 
 class AlraoModel(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from alrao_rl import AlraoModel, AlraoSGD, mixture
+from alrao_rl import AlraoModel, AlraoSGD
 
 
 def _model(task: str = "regression", n_out: int = 3, n_heads: int = 4, **kwargs: object) -> AlraoModel:
@@ -139,10 +139,17 @@ def test_log_weights_override_is_used() -> None:
     torch.testing.assert_close(out.prediction, out.heads[0].detach())
 
 
-def test_mixture_ignores_nonfinite_heads_with_zero_weight() -> None:
-    heads = torch.tensor([[1.0, 2.0], [math.nan, math.inf]])
-    lw = torch.tensor([0.0, -math.inf])
-    torch.testing.assert_close(mixture(heads, lw, "regression"), torch.tensor([1.0, 2.0]))
+def test_gathered_prediction_is_the_posterior_mean_of_the_selected_outputs() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.heads.weight.normal_()
+        model.heads.weight[1] = math.nan
+    model.switch.update(torch.tensor([-1.0, -0.5, -3.0, -0.1]))
+    index = torch.tensor([0, 2, 1])
+    out = model(torch.randn(3, 2))
+    gathered = out.gather(index)
+    torch.testing.assert_close(gathered.prediction, out.prediction.gather(1, index.unsqueeze(1)).squeeze(1))
+    assert torch.isfinite(gathered.prediction).all()
 
 
 def test_training_on_the_prediction_is_impossible() -> None:
