@@ -215,9 +215,9 @@ def td_target(rewards: Tensor, terminated: Tensor, next_q_max: Tensor, gamma: fl
 
 
 @torch.no_grad()
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+def soft_update(target: list[Tensor], online: list[Tensor], tau: float) -> None:
     """Polyak update of parameters: ``theta_target <- (1 - tau) theta_target + tau theta``."""
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+    torch._foreach_lerp_(target, online, tau)
 
 
 def running_td_variance(previous: float | None, mse: float) -> float | None:
@@ -259,6 +259,7 @@ class DQNAgent:
         self.td_variance: float | None = None if config.td_variance == "running" else 1.0
         self.q_net = make_q_network(obs_dim, n_actions, config)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        self._polyak_pairs = (list(self.target_net.parameters()), list(self.q_net.parameters()))
         lr = config.effective_lr
         if self.alrao:
             self.optimizer: torch.optim.Optimizer = AlraoSGD(
@@ -312,7 +313,7 @@ class DQNAgent:
         self.optimizer.step()
         if self.alrao:
             self.q_net.switch.update(head_ll)
-        soft_update(self.target_net, self.q_net, config.tau)
+        soft_update(*self._polyak_pairs, config.tau)
         return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def test_soft_update_is_polyak_averaging() -> None:
     expected = [
         (1 - 0.1) * t.detach() + 0.1 * o.detach() for t, o in zip(target.parameters(), online.parameters(), strict=True)
     ]
-    soft_update(target, online, 0.1)
+    soft_update(list(target.parameters()), list(online.parameters()), 0.1)
     for p, e in zip(target.parameters(), expected, strict=True):
         torch.testing.assert_close(p, e)
 
