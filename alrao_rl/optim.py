@@ -91,16 +91,19 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         return [self.state[p][_RATE] for p in params]
 
     @torch.no_grad()
-    def _guard(self, group: dict[str, Any], params: list[Tensor], buffer_keys: tuple[str, ...]) -> None:
-        bound = group["max_weight"]
+    def _guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]], buffer_keys: tuple[str, ...]) -> None:
+        """Zero and freeze every feature whose weights are non-finite or exceed its group's bound."""
+        params = [p for _, ps in updated for p in ps]
+        bounds = [group["max_weight"] for group, ps in updated for _ in ps]
         # One 2-norm per parameter (much cheaper than the max-norm on CPU): it is finite iff every
         # weight is (barring overflow, which only sends us to the exact check below), and it
         # bounds the largest weight.
         norms = torch.stack(torch._foreach_norm(params))
         largest = float(norms.max())
-        if math.isfinite(largest) and (bound is None or largest <= bound):
+        tightest = min((b for b in bounds if b is not None), default=math.inf)
+        if largest <= tightest:  # also false for NaN
             return
-        for p, norm in zip(params, norms.tolist(), strict=True):
+        for p, norm, bound in zip(params, norms.tolist(), bounds, strict=True):
             if math.isfinite(norm) and (bound is None or norm <= bound):
                 continue
             state = self.state[p]
@@ -185,10 +188,12 @@ class AlraoSGD(_AlraoOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        updated: list[tuple[dict[str, Any], list[Tensor]]] = []
         for group in self.param_groups:
             params, grads = self._grads(group)
             if not params:
                 continue
+            updated.append((group, params))
             momentum, wd = group["momentum"], group["weight_decay"]
             if wd != 0:
                 grads = torch._foreach_add(grads, params, alpha=wd)
@@ -205,7 +210,8 @@ class AlraoSGD(_AlraoOptimizer):
                     torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
                 grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
             torch._foreach_addcmul_(params, grads, self._rates(params), value=-group["lr"])
-            self._guard(group, params, ("momentum_buffer",))
+        if updated:
+            self._guard(updated, ("momentum_buffer",))
         return loss
 
 
@@ -255,10 +261,12 @@ class AlraoAdam(_AlraoOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        updated: list[tuple[dict[str, Any], list[Tensor]]] = []
         for group in self.param_groups:
             params, grads = self._grads(group)
             if not params:
                 continue
+            updated.append((group, params))
             beta1, beta2 = group["betas"]
             for p in params:
                 state = self.state[p]
@@ -285,5 +293,6 @@ class AlraoAdam(_AlraoOptimizer):
             update = torch._foreach_div(exp_avgs, denom)
             torch._foreach_mul_(update, [-group["lr"] / bc for bc in bias_correction1])
             torch._foreach_addcmul_(params, update, self._rates(params))
-            self._guard(group, params, ("exp_avg", "exp_avg_sq"))
+        if updated:
+            self._guard(updated, ("exp_avg", "exp_avg_sq"))
         return loss
