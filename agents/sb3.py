@@ -18,8 +18,8 @@ Gaussian regression heads with log-spaced rates, averaged by the switch posterio
    L = -\\frac1B \\sum_b \\log \\sum_j a_j\\, \\mathcal N(y_b;\\ \\mu_j(s_b, a_b), \\sigma^2), \\qquad
    y_b = r_b + \\gamma^{n} (1 - d_b) \\max_{a'} \\sum_j a_j\\, \\mu^{target}_j(s'_b, a'),
 
-(the body gets the mixture's gradient, head ``j`` the gradient of its own NLL; the target heads are averaged with the *online* switch weights; ``sigma^2``
-is, by default, a running mean of the averaged model's squared TD error,
+(the body gets the mixture's gradient, head ``j`` the gradient of its own NLL; the target heads
+are averaged with the *online* switch weights; ``sigma^2`` is, by default, a running mean of the averaged model's squared TD error,
 ``sigma^2 <- max(0.99 sigma^2 + 0.01 mean_b (Q(s_b, a_b) - y_b)^2, 1e-8)``, started at the first
 minibatch's value), stepped by :class:`alrao_rl.AlraoSGD`, after which the switch is updated with
 each head's minibatch log-likelihood; exactly what :meth:`agents.dqn.DQNAgent.train_step` does.
