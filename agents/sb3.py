@@ -20,7 +20,8 @@ Gaussian regression heads with log-spaced rates, averaged by the switch posterio
 
 (the body gets the mixture's gradient, head ``j`` the gradient of its own NLL; the target heads
 are averaged with the *online* switch weights; ``sigma^2`` is, by default, a running mean of the
-averaged model's squared TD error, ``sigma^2 <- max(0.99 sigma^2 + 0.01 mean_b (Q(s_b, a_b) - y_b)^2, 1e-8)``, started at the first
+averaged model's squared TD error,
+``sigma^2 <- max(0.99 sigma^2 + 0.01 mean_b (Q(s_b, a_b) - y_b)^2, 1e-8)``, started at the first
 minibatch's value), stepped by :class:`alrao_rl.AlraoSGD`, after which the switch is updated with
 each head's minibatch log-likelihood; exactly what :meth:`agents.dqn.DQNAgent.train_step` does.
 Everything else (replay, exploration, target updates, callbacks, logging, saving) is SB3's ``DQN``.
