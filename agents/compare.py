@@ -368,36 +368,10 @@ def train_config(spec: RunSpec) -> Any:
     return TrainConfig(task=spec.task, method=method, lr=spec.lr, seed=spec.seed, **dict(spec.options))
 
 
-@contextlib.contextmanager
-def _peer_optimizer(method: str) -> Iterator[None]:
-    """While open, DQN agents and supervised runs built in this process use ``method``'s peer optimizer.
-
-    ``agents.dqn.train`` builds its :class:`~agents.dqn.DQNAgent` itself and
-    ``train_classifier`` calls ``make_optimizer``: neither takes an optimizer, so both names are
-    swapped for the duration (one run per process at a time, as the sweep's workers do).
-    """
+def _optimizer_factory(method: str) -> Any:
+    """The peer's optimizer builder for ``method`` (None for Alrao, SGD and Adam: the runs' own)."""
     peer = PEERS.get(method)
-    if peer is None:
-        yield
-        return
-    from agents import dqn
-    from alrao_rl.supervised import train as supervised
-
-    base_agent, base_make = dqn.DQNAgent, supervised.make_optimizer
-
-    class PeerAgent(base_agent):  # type: ignore[valid-type, misc]
-        def __init__(self, obs_dim: int, n_actions: int, config: Any) -> None:
-            super().__init__(obs_dim, n_actions, config)
-            self.optimizer = peer.make(self.q_net.parameters())
-
-    def make_optimizer(net: Any, config: Any) -> Any:
-        return peer.make(net.parameters())
-
-    dqn.DQNAgent, supervised.make_optimizer = PeerAgent, make_optimizer  # type: ignore[misc, assignment]
-    try:
-        yield
-    finally:
-        dqn.DQNAgent, supervised.make_optimizer = base_agent, base_make  # type: ignore[misc]
+    return None if peer is None else peer.make
 
 
 def _run_rl(spec: RunSpec, logdir: str) -> RunResult:
@@ -408,23 +382,24 @@ def _run_rl(spec: RunSpec, logdir: str) -> RunResult:
     from envs import make_env
 
     config = dqn_config(spec)
-    with _peer_optimizer(spec.method):
-        summary = dqn.train(config, logdir, progress=False)
-        if summary["interrupted"]:
-            raise InterruptedError(f"stopped at step {summary['total_steps']}")
-        env = make_env(config.env, config.seed, n_bins=config.n_bins)
-        try:
-            agent = dqn.DQNAgent(int(np.prod(env.observation_space.shape)), int(env.action_space.n), config)
-            agent.load_state_dict(load_checkpoint(os.path.join(logdir, "checkpoint.pt"))["agent"])
-            if callable(getattr(agent.optimizer, "eval", None)):
-                agent.optimizer.eval()  # schedule-free: act with the averaged weights
-            seeds = test_seeds(spec.seed, spec.test_episodes)
-            counter = _ActionCounter(agent)
-            test_mean, test_std = dqn.evaluate(counter, env, seeds)  # type: ignore[arg-type]
-            first = np.stack([env.reset(seed=s)[0] for s in seeds]).astype(np.float32)
-            outputs_finite = bool(torch.isfinite(agent.q_values(torch.from_numpy(first))).all())
-        finally:
-            env.close()
+    factory = _optimizer_factory(spec.method)
+    summary = dqn.train(config, logdir, progress=False, optimizer_factory=factory)
+    if summary["interrupted"]:
+        raise InterruptedError(f"stopped at step {summary['total_steps']}")
+    env = make_env(config.env, config.seed, n_bins=config.n_bins)
+    try:
+        obs_dim, n_actions = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+        agent = dqn.DQNAgent(obs_dim, n_actions, config, factory)
+        agent.load_state_dict(load_checkpoint(os.path.join(logdir, "checkpoint.pt"))["agent"])
+        if callable(getattr(agent.optimizer, "eval", None)):
+            agent.optimizer.eval()  # schedule-free: act with the averaged weights
+        seeds = test_seeds(spec.seed, spec.test_episodes)
+        counter = _ActionCounter(agent)
+        test_mean, test_std = dqn.evaluate(counter, env, seeds)  # type: ignore[arg-type]
+        first = np.stack([env.reset(seed=s)[0] for s in seeds]).astype(np.float32)
+        outputs_finite = bool(torch.isfinite(agent.q_values(torch.from_numpy(first))).all())
+    finally:
+        env.close()
     return RunResult(
         spec.method,
         spec.lr,
@@ -491,8 +466,7 @@ def _run_supervised(spec: RunSpec, logdir: str) -> RunResult:
         raise ValueError(f"task {spec.task!r} needs a data folder")
     config = train_config(spec)
     data = load_supervised_data(spec.task, spec.data_dir, dict(spec.options))
-    with _peer_optimizer(spec.method):
-        summary = train_classifier(config, data, logdir, progress=False)
+    summary = train_classifier(config, data, logdir, progress=False, optimizer_factory=_optimizer_factory(spec.method))
     if summary is None:
         raise InterruptedError("stopped before the end")
     selection = math.nan

@@ -42,7 +42,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -73,6 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Method = Literal["alrao", "sgd", "adam"]
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 METHODS: tuple[str, ...] = ("alrao", "sgd", "adam")
 
 
@@ -250,9 +251,13 @@ class DQNAgent:
     :param obs_dim: observation size.
     :param n_actions: number of discrete actions.
     :param config: the run's configuration.
+    :param optimizer_factory: builds the optimizer from the Q-network's parameters instead of
+        ``config.method``'s (e.g. a tuning-free peer in ``scripts/compare.py``).
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, config: DQNConfig) -> None:
+    def __init__(
+        self, obs_dim: int, n_actions: int, config: DQNConfig, optimizer_factory: OptimizerFactory | None = None
+    ) -> None:
         self.config = config
         self.alrao = config.method == "alrao"
         torch.manual_seed(config.seed)
@@ -261,7 +266,9 @@ class DQNAgent:
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         self._polyak_pairs = (list(self.target_net.parameters()), list(self.q_net.parameters()))
         lr = config.effective_lr
-        if self.alrao:
+        if optimizer_factory is not None:
+            self.optimizer = optimizer_factory(self.q_net.parameters())
+        elif self.alrao:
             self.optimizer: torch.optim.Optimizer = AlraoSGD(
                 self.q_net,
                 eta_min=config.eta_min,
@@ -429,7 +436,14 @@ class _Progress:
     wall_seconds: float = 0.0
 
 
-def train(config: DQNConfig, logdir: str | None = None, *, resume: bool = False, progress: bool = True) -> dict:
+def train(
+    config: DQNConfig,
+    logdir: str | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> dict:
     """Run DQN; return the summary (also written to ``logdir/summary.json``).
 
     :param config: the run's configuration.
@@ -437,6 +451,7 @@ def train(config: DQNConfig, logdir: str | None = None, *, resume: bool = False,
         events (None: nothing is written).
     :param resume: continue from ``logdir/checkpoint.pt`` (which must come from the same config).
     :param progress: show a progress bar.
+    :param optimizer_factory: see :class:`DQNAgent`.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -445,7 +460,7 @@ def train(config: DQNConfig, logdir: str | None = None, *, resume: bool = False,
     eval_env = make_env(config.env, config.seed, n_bins=config.n_bins)
     obs_dim = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)
-    agent = DQNAgent(obs_dim, n_actions, config)
+    agent = DQNAgent(obs_dim, n_actions, config, optimizer_factory)
     buffer = ReplayBuffer(env.observation_space.shape, min(config.buffer_size, config.total_steps), seed=config.seed)
     rng = np.random.default_rng(config.seed)
     eval_seeds = [1_000_000 + 1000 * config.seed + k for k in range(config.eval_episodes)]

@@ -44,7 +44,7 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -688,6 +688,7 @@ def train_classifier(
     resume: bool = False,
     progress: bool = True,
     ctx: DistContext | None = None,
+    optimizer_factory: Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any] | None:
     """Train with early stopping, then test the best-validation epoch's weights (module docstring).
 
@@ -699,6 +700,8 @@ def train_classifier(
     :param progress: show a progress bar (rank 0).
     :param ctx: this rank's context when running in several processes (default: one process on
         ``config.device``).
+    :param optimizer_factory: builds the optimizer from the network's parameters instead of
+        ``config.method``'s (e.g. a tuning-free peer in ``scripts/compare.py``).
     :return: the summary (keys :data:`SUMMARY_KEYS`, also written to ``logdir/summary.json``), or None
         when a signal stopped the run early (a checkpoint is saved; continue with ``resume=True``).
     :raises FileNotFoundError: ``resume`` without a checkpoint.
@@ -720,7 +723,7 @@ def train_classifier(
     main = ctx.is_main and logdir is not None
     task = _make_task(config, data, ctx)
     net = build_network(config, task.n_classes()).to(ctx.device)
-    optimizer = make_optimizer(net, config)
+    optimizer = make_optimizer(net, config) if optimizer_factory is None else optimizer_factory(net.parameters())
     state = _Progress()
     best_weights: dict[str, Tensor] | None = None
 
