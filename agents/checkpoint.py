@@ -27,6 +27,7 @@ import errno
 import os
 import tempfile
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -156,6 +157,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         chained.
     """
     path = os.fspath(path)
+    _check_zip_integrity(path)
     try:
         with warnings.catch_warnings():
             # Raised for foreign pickles (protocol != 2) just before they are refused anyway.
@@ -179,6 +181,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path!r} has checkpoint format version {version!r}; this code reads versions 1 to {VERSION}"
         )
     return {k: v for k, v in obj.items() if k != META_KEY}
+
+
+def _check_zip_integrity(path: str) -> None:
+    """``torch.load`` does not check the archive's CRC-32s: a flipped byte in a tensor would load.
+
+    Files that are not zip archives are left to ``torch.load`` (which refuses them).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    if bad is not None:
+        raise CheckpointError(f"{path!r} is corrupted: the record {bad!r} fails its CRC check")
 
 
 def _summary(e: BaseException) -> str:

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from alrao_rl import AlraoModel, AlraoSGD
 from envs import make_env
 
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .replay_buffer import ReplayBuffer, TorchReplayBatch
 
 __all__ = [
@@ -174,6 +174,8 @@ class DQNConfig:
         for name in ("learning_starts", "exploration_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
         if len(self.hidden) != 2 or min(self.hidden) < 1:
@@ -461,7 +463,8 @@ def train(
     obs_dim = int(np.prod(env.observation_space.shape))
     n_actions = int(env.action_space.n)
     agent = DQNAgent(obs_dim, n_actions, config, optimizer_factory)
-    buffer = ReplayBuffer(env.observation_space.shape, min(config.buffer_size, config.total_steps), seed=config.seed)
+    # full capacity even for short runs (pages are only committed as they fill): a resumed run may be longer
+    buffer = ReplayBuffer(env.observation_space.shape, config.buffer_size, seed=config.seed)
     rng = np.random.default_rng(config.seed)
     eval_seeds = [1_000_000 + 1000 * config.seed + k for k in range(config.eval_episodes)]
     state = _Progress()
@@ -472,12 +475,17 @@ def train(
         if ckpt_path is None or not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         saved = load_checkpoint(ckpt_path)
-        check_compatible(saved["config"], _config_state(config), COMPATIBLE_KEYS)
-        agent.load_state_dict(saved["agent"])
-        buffer.load_state_dict(saved["buffer"])
-        rng.bit_generator.state = saved["rng"]
-        env.unwrapped.np_random.bit_generator.state = saved["env_rng"]
-        state = _Progress(**saved["progress"])
+        try:
+            check_compatible(saved["config"], _config_state(config), COMPATIBLE_KEYS)
+            agent.load_state_dict(saved["agent"])
+            buffer.load_state_dict(saved["buffer"])
+            rng.bit_generator.state = saved["rng"]
+            env.unwrapped.np_random.bit_generator.state = saved["env_rng"]
+            state = _Progress(**saved["progress"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{ckpt_path!r} is a malformed checkpoint: {type(e).__name__}: {e}") from e
         obs, _ = env.reset()
 
     writer = SummaryWriter(logdir) if logdir else None

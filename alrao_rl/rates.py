@@ -46,6 +46,11 @@ def check_interval(eta_min: float, eta_max: float) -> None:
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
     if eta_min > eta_max:
         raise ValueError(f"eta_min must be <= eta_max, got eta_min={eta_min} > eta_max={eta_max}")
+    tiny, huge = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
+    if eta_min < tiny or eta_max > huge:
+        raise ValueError(
+            f"the rates must be float32 numbers in [{tiny:.3g}, {huge:.3g}], got eta_min={eta_min}, eta_max={eta_max}"
+        )
 
 
 def log_uniform(n: int, eta_min: float, eta_max: float, generator: torch.Generator) -> Tensor:

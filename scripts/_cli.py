@@ -26,7 +26,12 @@ def fail(message: str) -> NoReturn:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage dump), exit status 2."""
+    """An ``ArgumentParser`` whose errors are one line (no usage dump), exit status 2, and which
+    takes no abbreviated flags (``--seed`` must not silently mean ``--seeds``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see --help)")

@@ -64,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # faster for DQN-sized networks (see benchmarks/bench_dqn.py)
     try:
         summary = train(config, logdir, resume=args.resume, progress=not args.no_progress)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError) as e:
         fail(str(e))
+    except OSError as e:  # a missing, unreadable or full file system
+        fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except KeyboardInterrupt:
+        print("run_dqn.py: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
+        return 130
     shown = {k: summary[k] for k in ("env", "method", "total_steps", "final_eval_return_mean", "steps_per_second")}
     print(json.dumps(shown))
     return 0

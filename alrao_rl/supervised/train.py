@@ -188,6 +188,8 @@ class TrainConfig:
             raise ValueError(f"model must be one of {models} for task {self.task!r}, got {self.model!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
         if self.method == "sgd" and self.lr is None:
             raise ValueError("method 'sgd' needs a learning rate (lr)")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
