@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--level", choices=["char", "word"], default="char", help="PTB symbols (default: char)")
     sup.add_argument("--bptt", type=int, default=70, help="PTB truncated backpropagation length (default: 70)")
 
+    for action in sup._group_actions:
+        SUPERVISED_DEFAULTS[action.dest] = action.default
+
     how = parser.add_argument_group("how to run")
     how.add_argument("--out", default=None, help="output folder (default: results/<env or task>)")
     how.add_argument("--workers", type=int, default=None,
@@ -216,12 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SUPERVISED_DEFAULTS: dict[str, object] = {}
+SUPERVISED_OPTIONS = ("data_dir", "model", "epochs", "patience", "batch_size", "width", "limit_train", "valid_size",
+                      "level", "bptt")
+
+
 def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
              alrao: dict[str, float]) -> Plan:
     from agents import compare
     from agents.dqn import DQNConfig
     from envs import make_env
 
+    for dest in SUPERVISED_OPTIONS:  # refuse, rather than ignore, what only supervised runs use
+        if getattr(args, dest) != SUPERVISED_DEFAULTS[dest]:
+            fail(f"--{dest.replace('_', '-')} is for --task cifar or ptb, not --task rl")
     env_id = args.env or "Pendulum-v1"
     options = {"total_steps": args.total_steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                "learning_starts": args.learning_starts, "exploration_steps": args.exploration_steps, **alrao}

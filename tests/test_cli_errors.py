@@ -288,14 +288,8 @@ if importlib.util.find_spec("ray") is None:
 
 KNOWN_BUGS: list[Any] = [
     Row("compare", "--seed 1", "unrecognized arguments: --seed").param(),
-    Row("compare", "--task rl --model vgg19", "--model is for --task cifar").param(
-        pytest.mark.xfail(
-            strict=True,
-            raises=_AcceptedError,
-            reason="compare.py refuses --env with --task cifar and --model with --task ptb, but silently ignores the "
-            "supervised flags (--model, --data-dir, --epochs, ...) with --task rl (scripts/compare.py _plan_rl)",
-        )
-    ),
+    Row("compare", "--task rl --model vgg19", "--model is for --task cifar").param(),
+    Row("compare", "--epochs 5", "--epochs is for --task cifar").param(),
 ]
 
 

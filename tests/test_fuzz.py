@@ -268,19 +268,17 @@ def test_equal_ends_give_every_unit_exactly_that_rate(layer: Layer, eta: float) 
     assert all(torch.all(r == expected) for r in rates.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: alrao_rl/rates.py check_interval accepts any finite 0 < eta_min <= eta_max, but log_uniform computes "
-    "log(eta_max / eta_min) (inf once the ratio overflows) and casts to float32 (inf above 3.4e38): the rates become "
-    "inf, and log_spaced's first head rate 0 * inf = NaN",
-)
 @FUZZ
 @given(ends=st.tuples(st.floats(5e-324, 1.7e308), st.floats(5e-324, 1.7e308)).map(sorted), seed=st.integers(0, 9))
 @example(ends=[1e-320, 10.0], seed=0)
 @example(ends=[1e-5, 1e39], seed=0)
 def test_any_accepted_interval_gives_finite_positive_rates(ends: list[float], seed: int) -> None:
     eta_min, eta_max = ends
-    rates = sample_unit_rates(nn.Linear(3, 8), eta_min, eta_max, torch.Generator().manual_seed(seed))
+    try:
+        rates = sample_unit_rates(nn.Linear(3, 8), eta_min, eta_max, torch.Generator().manual_seed(seed))
+    except ValueError as e:  # refused: outside float32's range
+        assert "float32" in str(e) and (eta_min < 1.1754944e-38 or eta_max > 3.4028235e38), (eta_min, eta_max)
+        return
     for rate in [*rates.values(), log_spaced(5, eta_min, eta_max)]:
         assert torch.isfinite(rate).all() and (rate > 0).all(), (eta_min, eta_max, rate)
 
