@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import signal
 import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,7 +44,11 @@ __all__ = [
     "check_compatible",
     "load_checkpoint",
     "save_checkpoint",
+    "stop_requests",
+    "write_text_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 META_KEY = "__meta__"
 """Reserved top-level key holding the format marker."""
@@ -235,3 +241,46 @@ def _equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, ``fsync`` and a rename (never half-written)."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(os.path.join(directory, name)))
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def stop_requests(what: str) -> Iterator[dict[str, bool]]:
+    """While open, SIGINT/SIGTERM ask a training loop to stop at the end of ``what`` (an episode, an
+    epoch) by setting ``request["stop"]``; a second signal raises ``KeyboardInterrupt`` at once.
+
+    :param what: the unit the loop finishes before stopping, for the log message.
+    """
+    request = {"stop": False}
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if request["stop"]:
+            raise KeyboardInterrupt
+        request["stop"] = True
+        logger.warning("signal %d: stopping at the end of the current %s (again to stop now)", signum, what)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

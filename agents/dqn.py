@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
 import math
 import os
-import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -55,7 +53,14 @@ from torch import Tensor, nn
 from alrao_rl import AlraoModel, AlraoSGD
 from envs import make_env
 
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requests,
+    write_text_atomic,
+)
 from .replay_buffer import ReplayBuffer, TorchReplayBatch
 
 __all__ = [
@@ -389,43 +394,6 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
     return state
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".summary.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-@contextmanager
-def _stop_requests() -> Iterator[dict[str, bool]]:
-    """SIGINT/SIGTERM ask the loop to stop at the next episode end (a second one stops now)."""
-    request = {"stop": False}
-    previous = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        if request["stop"]:
-            raise KeyboardInterrupt
-        request["stop"] = True
-        logger.warning("signal %d: stopping at the end of the current episode (again to stop now)", signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(ValueError):  # not the main thread: no signal handling
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 @dataclass
 class _Progress:
     """Counters that a checkpoint saves, so that a resumed run continues exactly."""
@@ -525,7 +493,7 @@ def train(
         dynamic_ncols=True,
         desc=f"{config.method} {config.env}",
     )
-    with _stop_requests() as stop:
+    with stop_requests("episode") as stop:
         while state.step < config.total_steps:
             t = state.step
             # act: epsilon-greedy
@@ -587,11 +555,12 @@ def train(
     sps = (state.step - start_step) / max(session_seconds, 1e-9)
     summary = _summary(config, state, sps, interrupted, agent.td_variance)
     if logdir is not None:
-        with open(os.path.join(logdir, "evals.csv"), "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["step", "eval_return_mean", "eval_return_std"])
-            out.writerows(state.evals)
-        _write_json(os.path.join(logdir, "summary.json"), summary)
+        rows = io.StringIO()
+        out = csv.writer(rows, lineterminator="\n")
+        out.writerow(["step", "eval_return_mean", "eval_return_std"])
+        out.writerows(state.evals)
+        write_text_atomic(os.path.join(logdir, "evals.csv"), rows.getvalue())
+        write_text_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     env.close()
     eval_env.close()
     return summary

@@ -320,13 +320,15 @@ def test_a_stop_request_ends_the_epoch_saves_a_checkpoint_and_resume_finishes(
 ) -> None:
     import contextlib
 
+    import agents.checkpoint
+
     @contextlib.contextmanager
-    def stop_now() -> Any:
+    def stop_now(what: str) -> Any:
         yield {"stop": True}  # as if Ctrl-C came during the first epoch
 
     data = prepare_ptb(*ptb_files, level="char")
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_stop_requests", stop_now)
+        patch.setattr(agents.checkpoint, "stop_requests", stop_now)
         assert train_classifier(_tiny_ptb_config(epochs=3), data, tmp_path, progress=False) is None
     assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["epoch"] == 1
     assert not (tmp_path / "summary.json").exists() and len(_read_evals(tmp_path / "evals.csv")) == 2

@@ -33,15 +33,12 @@ the data order, augmentation and dropout of each epoch are drawn from seeds deri
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import math
 import os
-import signal
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -592,54 +589,18 @@ def evaluate(net: SupervisedNet, batches: Iterator[tuple[Tensor, Tensor]], ctx: 
 # --- files ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_evals(path: str, rows: list[list[float]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EVALS_COLUMNS)
     writer.writerows([[int(r[0]), *r[1:]] for r in rows])
-    _atomic_write(path, buffer.getvalue())
+    from agents.checkpoint import write_text_atomic
+
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
-
-
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[dict[str, bool]]:
-    """SIGINT/SIGTERM ask the loop to stop at the end of the current epoch (a second one stops now)."""
-    request = {"stop": False}
-    previous = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        if request["stop"]:
-            raise KeyboardInterrupt
-        request["stop"] = True
-        logger.warning("signal %d: stopping at the end of the current epoch (again to stop now)", signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: no signal handling
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @dataclass
@@ -715,7 +676,7 @@ def train_classifier(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from agents.checkpoint import load_checkpoint, save_checkpoint
+    from agents.checkpoint import load_checkpoint, save_checkpoint, stop_requests, write_text_atomic
 
     if ctx is None:
         from alrao_rl.supervised.distributed import resolve_device
@@ -764,7 +725,7 @@ def train_classifier(
     scale = task.loss_scale
     session_start, previous_seconds = time.perf_counter(), state.wall_seconds
     interrupted = False
-    with _stop_requests() as stop:
+    with stop_requests("epoch") as stop:
         while state.epoch < config.epochs and state.bad_epochs < config.patience and not state.diverged:
             epoch = state.epoch + 1
             runner.train()
@@ -858,7 +819,7 @@ def train_classifier(
         "wall_seconds": round(state.wall_seconds, 3),
     }
     if main and logdir is not None:
-        _atomic_write(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -901,7 +862,9 @@ def spawn_train_classifier(
     logdir = os.fspath(logdir)
     summary_path = os.path.join(logdir, "summary.json")
     before = os.stat(summary_path).st_mtime_ns if os.path.exists(summary_path) else None
-    with _stop_requests():
+    from agents.checkpoint import stop_requests
+
+    with stop_requests("epoch"):  # the parent ignores a first signal: the workers stop at the epoch's end
         spawn(_spawned_worker, nproc, (config, data, logdir, resume, progress), device=config.device)
     if not os.path.exists(summary_path) or os.stat(summary_path).st_mtime_ns == before:
         return None
