@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from alrao_rl import AlraoModel, AlraoSGD
+from alrao_rl.rates import check_interval
 from envs import make_env
 
 from .checkpoint import (
@@ -157,12 +158,7 @@ class DQNConfig:
             raise ValueError("method 'sgd' needs a learning rate (lr)")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("eta_min", "eta_max"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.eta_min > self.eta_max:
-            raise ValueError(f"eta_min must be <= eta_max, got eta_min={self.eta_min} > eta_max={self.eta_max}")
+        check_interval(self.eta_min, self.eta_max)
         positive = (
             "heads",
             "total_steps",

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from alrao_rl import AlraoModel, AlraoOutput, AlraoSGD
+from alrao_rl.rates import check_interval
 from alrao_rl.supervised.cifar import CifarBatches, channel_stats, load_cifar10, normalize, split_train_valid
 from alrao_rl.supervised.distributed import (
     DistContext,
@@ -191,12 +192,7 @@ class TrainConfig:
             raise ValueError("method 'sgd' needs a learning rate (lr)")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("eta_min", "eta_max"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.eta_min > self.eta_max:
-            raise ValueError(f"eta_min must be <= eta_max, got eta_min={self.eta_min} > eta_max={self.eta_max}")
+        check_interval(self.eta_min, self.eta_max)
         for name in ("heads", "epochs", "patience", "batch_size", "bptt", "eval_batch_size", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
