@@ -117,11 +117,28 @@ def _alrao_step(model: AlraoModel, opt: AlraoSGD, batch: tuple) -> None:
     model.switch.update(head_ll)
 
 
-def _time(fn: Callable[[], None], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
+def interleaved_ratio(
+    sgd_step: Callable[[], None], alrao_step: Callable[[], None], rounds: int, steps: int, warmup: int = 3
+) -> tuple[float, float, float]:
+    """Median SGD step time, median Alrao step time and median ratio, timing the two alternately in
+    ``rounds`` rounds of ``steps`` steps each (so machine noise hits both alike)."""
+
+    def timed(fn: Callable[[], None]) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - start) / steps
+
+    for _ in range(warmup):
+        sgd_step()
+        alrao_step()
+    ratios, t_sgd, t_alrao = [], [], []
+    for _ in range(rounds):
+        a, b = timed(sgd_step), timed(alrao_step)
+        t_sgd.append(a)
+        t_alrao.append(b)
+        ratios.append(b / a)
+    return statistics.median(t_sgd), statistics.median(t_alrao), statistics.median(ratios)
 
 
 def run_case(case: Case, rounds: int, steps: int) -> tuple[float, float, float]:
@@ -132,19 +149,10 @@ def run_case(case: Case, rounds: int, steps: int) -> tuple[float, float, float]:
     model = AlraoModel(body, head, case.n_heads, case.task)
     # A narrow interval keeps the benchmark numerically tame; the cost does not depend on it.
     alrao = AlraoSGD(model, eta_min=1e-4, eta_max=1e-3, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    batch = case.make_batch(gen)
-    for _ in range(3):  # warm-up
-        _sgd_step(plain, sgd, case.task, batch)
-        _alrao_step(model, alrao, batch)
-    ratios, t_sgd, t_alrao = [], [], []
-    for _ in range(rounds):
-        a = _time(lambda: _sgd_step(plain, sgd, case.task, batch), steps)
-        b = _time(lambda: _alrao_step(model, alrao, batch), steps)
-        t_sgd.append(a)
-        t_alrao.append(b)
-        ratios.append(b / a)
-    return statistics.median(t_sgd), statistics.median(t_alrao), statistics.median(ratios)
+    batch = case.make_batch(torch.Generator().manual_seed(0))
+    return interleaved_ratio(
+        lambda: _sgd_step(plain, sgd, case.task, batch), lambda: _alrao_step(model, alrao, batch), rounds, steps
+    )
 
 
 def rate_build_time() -> float:

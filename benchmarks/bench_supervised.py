@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from bench_step import interleaved_ratio  # sibling script: benchmarks/ is on sys.path
 from torch import Tensor, nn
 
 
@@ -76,13 +75,6 @@ def _stepper(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Ten
     return step
 
 
-def _time(fn: Callable[[], None], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
-
-
 def run_case(case: Case, rounds: int) -> tuple[float, float, float]:
     """Median SGD step time, median Alrao step time and median ratio over ``rounds`` rounds."""
     from alrao_rl.supervised.train import SupervisedNet, TrainConfig, make_optimizer
@@ -101,17 +93,7 @@ def run_case(case: Case, rounds: int) -> tuple[float, float, float]:
     x, y = case.batch(torch.Generator().manual_seed(0))
     sgd_step = _stepper(plain, sgd_opt, x, y, case.recurrent)
     alrao_step = _stepper(alrao, alrao_opt, x, y, case.recurrent)
-    for _ in range(2):  # warm-up
-        sgd_step()
-        alrao_step()
-    ratios, t_sgd, t_alrao = [], [], []
-    for _ in range(rounds):
-        a = _time(sgd_step, case.steps)
-        b = _time(alrao_step, case.steps)
-        t_sgd.append(a)
-        t_alrao.append(b)
-        ratios.append(b / a)
-    return statistics.median(t_sgd), statistics.median(t_alrao), statistics.median(ratios)
+    return interleaved_ratio(sgd_step, alrao_step, rounds, case.steps, warmup=2)
 
 
 def main() -> None:
