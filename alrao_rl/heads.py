@@ -8,6 +8,7 @@ an Alrao step cost about as much as a plain one.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .rates import RateSampler, register_unit_rule
@@ -24,6 +25,13 @@ class AlraoHeads(nn.Module):
 
     :param head: the output layer to copy; must be an ``nn.Linear``.
     :param n_heads: number of copies ``N`` (>= 1).
+
+    **Dead heads.** A head whose likelihood cannot be represented any more (non-finite outputs, or
+    a Gaussian log-likelihood that overflows to ``-inf``: its mean is ~1e19 away from the target)
+    has diverged for good. :meth:`alrao_rl.AlraoModel.loss` leaves it out and marks it with
+    :meth:`mark_dead`; the Alrao optimizers then zero and freeze it at their next step, like a
+    runaway body unit (rate, weights and buffers set to 0): it predicts the constant 0 from then
+    on, the switch weighs it by that likelihood, and no later step pays for the non-finite path.
     """
 
     def __init__(self, head: nn.Linear, n_heads: int) -> None:
@@ -42,6 +50,18 @@ class AlraoHeads(nn.Module):
             self.bias = nn.Parameter(head.bias.detach().unsqueeze(0).repeat(n_heads, 1))
         else:
             self.register_parameter("bias", None)
+        self._dead: Tensor | None = None
+
+    def mark_dead(self, dead: Tensor) -> None:
+        """Ask the Alrao optimizer to zero and freeze the heads where ``dead`` ``[N]`` is True at
+        its next step (masks accumulate until then)."""
+        dead = dead.detach().to(dtype=torch.bool)
+        self._dead = dead if self._dead is None else self._dead | dead
+
+    def take_dead(self) -> Tensor | None:
+        """The heads marked dead since the last call (None if none), and forget them."""
+        dead, self._dead = self._dead, None
+        return dead
 
     def forward(self, z: Tensor) -> Tensor:
         """Every head on ``z`` ``[..., in]``, by one matmul: ``[..., N, out]`` (heads second to last,

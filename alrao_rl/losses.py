@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-__all__ = ["TASKS", "Task", "alrao_loss"]
+__all__ = ["TASKS", "Task", "alrao_loss", "alrao_loss_and_usable"]
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -67,13 +67,13 @@ class _AlraoLoss(torch.autograd.Function):
         finite: Tensor | None,
         task: str,
         variance: float,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         n_heads, n_out, n_in = weight.shape
         m = z.numel() // n_in  # samples
+        lw = log_weights if log_weights.dtype == values.dtype else log_weights.to(values.dtype)
         if task == "classification":
-            y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
             saved = torch.log_softmax(values.reshape(m, n_heads, n_out), dim=2)  # log p_j(. | x_b)
-            ll = saved.gather(2, y).squeeze(2)  # [M, N]
+            ll = saved.gather(2, target.reshape(m, 1, 1).expand(m, n_heads, 1)).squeeze(2)  # [M, N]
         else:
             if index is None:
                 diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
@@ -84,7 +84,6 @@ class _AlraoLoss(torch.autograd.Function):
             ll = sq.mul_(-0.5 / variance).sub_(0.5 * dim * (_LOG_2PI + math.log(variance)))
             saved = diff if variance == 1.0 else diff / variance
         head_ll = ll.mean(dim=0)
-        lw = log_weights.to(ll.dtype)
         usable = None
         if finite is not None or not math.isfinite(float(head_ll.sum())):
             # Rare path: leave out heads with non-finite outputs or likelihoods.
@@ -96,18 +95,23 @@ class _AlraoLoss(torch.autograd.Function):
             if bool(usable.any()):
                 lw = lw - torch.logsumexp(lw, dim=0)
             head_ll = torch.where(usable, head_ll, -math.inf)
+            ctx.mark_non_differentiable(usable)
         joint = ll + lw
         lse_mix = torch.logsumexp(joint, dim=1, keepdim=True)  # [M, 1]
-        loss = lse_mix.mean().neg()
-        q = (joint - lse_mix).exp_() if math.isfinite(float(loss)) else torch.zeros_like(joint)
+        loss = lse_mix.mean().neg_()
+        if usable is not None and not bool(usable.any()):
+            loss.fill_(math.inf)
+            q = torch.zeros_like(joint)
+        else:
+            q = joint.sub_(lse_mix).exp_()  # responsibilities q_jb
         ctx.save_for_backward(z, weight, saved, q, target, index, usable)
         ctx.task = task
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(head_ll)
-        return loss, head_ll
+        return loss, head_ll, usable
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, _grad_ll: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: Tensor, *_: Tensor | None) -> tuple[Tensor | None, ...]:
         z, weight, saved, q, target, index, usable = ctx.saved_tensors
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]
@@ -153,7 +157,8 @@ def alrao_loss(
 ) -> tuple[Tensor, Tensor]:
     """The Alrao loss of one minibatch and each head's minibatch-mean log-likelihood.
 
-    Prefer :meth:`alrao_rl.AlraoModel.loss`, which fills these arguments from a forward pass.
+    Prefer :meth:`alrao_rl.AlraoModel.loss`, which fills these arguments from a forward pass (and
+    marks the heads left out as dead).
 
     Heads whose outputs are not all finite, or whose log-likelihood is not (an output so large
     that its squared error overflows), are *unusable*: left out of the mixture (the others
@@ -175,6 +180,25 @@ def alrao_loss(
     :return: ``(loss, head_ll)``: the scalar to ``backward()`` and the ``[N]`` detached
         minibatch-mean log-likelihoods for :meth:`alrao_rl.Switch.update`.
     """
+    args = (z, weight, bias, values, index, target, log_weights, finite, task, variance)
+    loss, head_ll, _ = alrao_loss_and_usable(*args)
+    return loss, head_ll
+
+
+def alrao_loss_and_usable(
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    values: Tensor,
+    index: Tensor | None,
+    target: Tensor,
+    log_weights: Tensor,
+    finite: Tensor | None,
+    task: Task,
+    variance: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`alrao_loss`, and the ``[N]`` bool mask of the heads that were usable (None when
+    all were)."""
     lead = z.shape[:-1]
     if task == "classification":
         if target.shape != lead:
@@ -193,14 +217,14 @@ def alrao_loss(
         finite = None
     if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance > 0):
         raise ValueError(f"variance must be a finite number > 0, got {variance!r}")
-    loss, head_ll = _AlraoLoss.apply(
+    loss, head_ll, usable = _AlraoLoss.apply(
         z, weight, bias, values, index, target, log_weights, finite, task, float(variance)
     )
-    if float(loss.detach()) == math.inf:
+    if usable is not None and not bool(usable.any()):
         warnings.warn(
             "alrao_loss: no head has a finite likelihood on this batch (the body diverged?); "
             "the loss is inf and no parameter gets a gradient",
             RuntimeWarning,
             stacklevel=3,
         )
-    return loss, head_ll
+    return loss, head_ll, usable

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .heads import AlraoHeads
-from .losses import TASKS, Task, alrao_loss
+from .losses import TASKS, Task, alrao_loss_and_usable
 from .switch import Switch
 
 __all__ = ["AlraoModel", "AlraoOutput", "Averaging"]
@@ -46,9 +46,10 @@ class AlraoOutput:
     :param task: the model's task.
     :param features: the body's output ``z`` (differentiable) the heads were computed from.
     :param index: the output selected per sample by :meth:`gather`, or None.
+    :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
     """
 
-    __slots__ = ("features", "finite", "index", "log_weights", "task", "values")
+    __slots__ = ("features", "finite", "index", "log_weights", "task", "values", "weights")
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class AlraoOutput:
         task: Task,
         features: Tensor,
         index: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> None:
         self.values = values
         self.log_weights = log_weights
@@ -65,6 +67,7 @@ class AlraoOutput:
         self.task = task
         self.features = features
         self.index = index
+        self.weights = weights
 
     @property
     def heads(self) -> Tensor:
@@ -86,7 +89,7 @@ class AlraoOutput:
         if self.task == "classification":
             return torch.logsumexp(torch.log_softmax(values, dim=-1) + self.log_weights.unsqueeze(1), dim=head_dim)
         # sum_j a_j mu_j as one matmul; a_j = 0 for a head left out, whose outputs are finite here
-        a = self.log_weights.exp()
+        a = self.log_weights.exp() if self.weights is None else self.weights
         return values @ a if self.index is not None else torch.matmul(a, values)
 
     def gather(self, index: Tensor) -> AlraoOutput:
@@ -106,7 +109,7 @@ class AlraoOutput:
         index = index.long()
         expanded = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
-        return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index)
+        return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index, self.weights)
 
 
 class AlraoModel(nn.Module):
@@ -179,29 +182,35 @@ class AlraoModel(nn.Module):
         :param log_weights: averaging weights to use instead of the switch's (e.g. a DQN target
             network averaged with the online switch); float ``[N]``.
         """
-        with torch.no_grad():
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                values = self.heads(z)
+        else:
             values = self.heads(z)
-            finite = None
-            lw = self.averaging_log_weights() if log_weights is None else log_weights
-            lw = lw.to(device=values.device, dtype=values.dtype)
-            if not math.isfinite(float(values.sum())):  # one reduction; the exact check is rare
-                finite = torch.isfinite(values).transpose(0, -2).reshape(self.n_heads, -1).all(dim=1)
-                if not bool(finite.any()):
-                    warnings.warn(
-                        "AlraoModel: every head's output is non-finite (the body diverged); the "
-                        "prediction is NaN",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                lw = torch.where(finite, lw, -math.inf)
-                lw = lw - torch.logsumexp(lw, dim=0)
-        return AlraoOutput(values, lw, finite, self.task, z)
+        if log_weights is None:
+            lw, a = self.switch.averaging_weights(self.averaging == "filtered", values.dtype, values.device)
+        else:
+            lw, a = log_weights.to(device=values.device, dtype=values.dtype), None
+        finite = None
+        if not math.isfinite(float(values.sum())):  # one reduction; the exact check is rare
+            finite = torch.isfinite(values).transpose(0, -2).reshape(self.n_heads, -1).all(dim=1)
+            if not bool(finite.any()):
+                warnings.warn(
+                    "AlraoModel: every head's output is non-finite (the body diverged); the prediction is NaN",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            lw = torch.where(finite, lw, -math.inf)
+            lw, a = lw - torch.logsumexp(lw, dim=0), None
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a)
 
     def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
 
         Its backward gives the body the gradient of the mixture negative log-likelihood and each
-        head the gradient of its own loss on the body's output held fixed (Algorithm 1).
+        head the gradient of its own loss on the body's output held fixed (Algorithm 1). Heads
+        left out of it (non-finite outputs or likelihood) are marked dead for the optimizer (see
+        :class:`alrao_rl.heads.AlraoHeads`), unless every head is: then the body is to blame.
 
         :param out: this model's output (possibly ``out.gather(actions)``).
         :param target: class indices ``[*lead]`` (classification), or values shaped like
@@ -214,10 +223,13 @@ class AlraoModel(nn.Module):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
         if out.features.shape[-1] != self.heads.in_features:
             raise ValueError("out does not come from this model's forward")
-        return alrao_loss(
+        loss, head_ll, usable = alrao_loss_and_usable(
             out.features, self.heads.weight, self.heads.bias, out.values, out.index, target,
             out.log_weights, out.finite, self.task, variance,
         )
+        if usable is not None and bool(usable.any()):  # some heads diverged for good, not all
+            self.heads.mark_dead(~usable)
+        return loss, head_ll
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

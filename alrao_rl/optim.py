@@ -80,6 +80,8 @@ class _AlraoOptimizer(torch.optim.Optimizer):
             groups.append({"params": heads, "max_weight": None})
         defaults = {**defaults, "eta_min": eta_min, "eta_max": eta_max, "max_weight": max_weight}
         super().__init__(groups, defaults)
+        self._heads = [m for m in model.modules() if isinstance(m, AlraoHeads)]
+        self._limits_cache: tuple[Any, Tensor] | None = None
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
 
@@ -92,33 +94,52 @@ class _AlraoOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]], buffer_keys: tuple[str, ...]) -> None:
-        """Zero and freeze every feature whose weights are non-finite or exceed its group's bound."""
+        """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
+        and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead."""
         params = [p for _, ps in updated for p in ps]
         bounds = [group["max_weight"] for group, ps in updated for _ in ps]
-        # One 2-norm per parameter (much cheaper than the max-norm on CPU): it is finite iff every
-        # weight is (barring overflow, which only sends us to the exact check below), and it
-        # bounds the largest weight.
+        # One 2-norm per parameter (much cheaper than the max-norm on CPU). It is finite iff every
+        # weight is, unless it overflows (then the exact check below decides), and it bounds the
+        # largest weight, so "norm <= limit" for every parameter clears them all at once.
         norms = torch.stack(torch._foreach_norm(params))
-        largest = float(norms.max())
-        tightest = min((b for b in bounds if b is not None), default=math.inf)
-        if largest <= tightest:  # also false for NaN
+        limits = self._limits(params, bounds, norms.dtype)
+        if not float((norms / limits).max()) <= 1.0:  # also true for NaN
+            for p, norm, bound in zip(params, norms.tolist(), bounds, strict=True):
+                if math.isfinite(norm) and (bound is None or norm <= bound):
+                    continue
+                bad = ~torch.isfinite(p) if bound is None else ~(p.abs() <= bound)
+                rate = self.state[p][_RATE]
+                self._freeze(p, bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad, buffer_keys)
+        for heads in self._heads:
+            dead = heads.take_dead()
+            if dead is not None:
+                for p in heads.parameters():
+                    if p in self.state:
+                        self._freeze(p, dead.view(-1, *[1] * (p.dim() - 1)), buffer_keys)
+
+    def _limits(self, params: list[Tensor], bounds: list[float | None], dtype: torch.dtype) -> Tensor:
+        """Per-parameter bounds on the 2-norm (cached): ``max_weight``, or the largest float when
+        the group is only checked for finiteness."""
+        key = (tuple(map(id, params)), tuple(bounds), dtype)
+        if self._limits_cache is None or self._limits_cache[0] != key:
+            big = torch.finfo(dtype).max
+            values = torch.tensor([big if b is None else b for b in bounds], dtype=dtype)
+            self._limits_cache = (key, values)
+        return self._limits_cache[1]
+
+    def _freeze(self, p: Tensor, bad_units: Tensor, buffer_keys: tuple[str, ...]) -> None:
+        """Zero the features ``bad_units`` (bool, the rate's shape) of ``p``, their buffers and rates."""
+        state = self.state[p]
+        rate = state[_RATE]
+        if not bool(bad_units.any()):
             return
-        for p, norm, bound in zip(params, norms.tolist(), bounds, strict=True):
-            if math.isfinite(norm) and (bound is None or norm <= bound):
-                continue
-            state = self.state[p]
-            rate = state[_RATE]
-            bad = ~torch.isfinite(p) if bound is None else ~(p.abs() <= bound)
-            bad_units = bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad
-            if not bool(bad_units.any()):
-                continue
-            bad_units |= rate == 0
-            mask = bad_units.expand_as(p)
-            p.masked_fill_(mask, 0.0)
-            rate.masked_fill_(bad_units, 0.0)
-            for key in buffer_keys:
-                if key in state:
-                    state[key].masked_fill_(mask, 0.0)
+        bad_units = bad_units | (rate == 0)
+        mask = bad_units.expand_as(p)
+        p.masked_fill_(mask, 0.0)
+        rate.masked_fill_(bad_units, 0.0)
+        for key in buffer_keys:
+            if key in state:
+                state[key].masked_fill_(mask, 0.0)
 
     def _grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params = [p for p in group["params"] if p.grad is not None]

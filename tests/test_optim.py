@@ -245,6 +245,79 @@ def test_max_weight_does_not_bound_the_output_heads() -> None:
     assert [g["max_weight"] for g in opt.param_groups] == [5.0, None]
 
 
+@pytest.mark.parametrize("max_weight", [None, 5.0])
+def test_an_infinite_weight_is_frozen_with_or_without_a_bound(max_weight: float | None) -> None:
+    net = _Net()
+    opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1, max_weight=max_weight)
+    with torch.no_grad():
+        net.fc.weight[2, 1] = math.inf  # its 2-norm is inf, not NaN: the guard must not take it for large
+    _train(net, opt, range(1))
+    assert torch.all(net.fc.weight[2] == 0) and opt.state[net.fc.weight]["alrao_rate"][2] == 0
+    assert opt.frozen_units() == 1
+
+
+def _regression_model(n_heads: int = 4) -> AlraoModel:
+    torch.manual_seed(0)
+    return AlraoModel(nn.Sequential(nn.Linear(2, 6), nn.ReLU()), nn.Linear(6, 3), n_heads=n_heads, task="regression")
+
+
+def _alrao_step(model: AlraoModel, opt: torch.optim.Optimizer, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    loss, head_ll = model.loss(model(torch.randn(8, 2, generator=gen)), torch.randn(8, 3, generator=gen))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model.switch.update(head_ll)
+    return head_ll
+
+
+@pytest.mark.parametrize("cls", [AlraoSGD, AlraoAdam])
+def test_a_head_whose_likelihood_overflows_is_zeroed_and_frozen(cls: type) -> None:
+    """Its squared error overflows (mean ~1e30): the loss leaves it out and the optimizer freezes it."""
+    model = _regression_model()
+    opt = cls(model, eta_min=1e-3, eta_max=0.1, **({"momentum": 0.9} if cls is AlraoSGD else {}))
+    _alrao_step(model, opt, 0)
+    with torch.no_grad():
+        model.heads.bias[2, 0] = 1e30
+    head_ll = _alrao_step(model, opt, 1)
+    assert head_ll[2] == -math.inf and torch.isfinite(head_ll[[0, 1, 3]]).all()
+    state_w, state_b = opt.state[model.heads.weight], opt.state[model.heads.bias]
+    assert torch.all(model.heads.weight[2] == 0) and torch.all(model.heads.bias[2] == 0)
+    assert state_w["alrao_rate"][2] == 0 and state_b["alrao_rate"][2] == 0
+    assert torch.count_nonzero(state_w["alrao_rate"]) == 3
+    buffers = ["momentum_buffer"] if cls is AlraoSGD else ["exp_avg", "exp_avg_sq"]
+    assert all(torch.all(state_w[k][2] == 0) for k in buffers)
+    assert opt.frozen_units() == 2  # the head's weight row-block and its bias
+    # from now on the head outputs 0, its likelihood is finite and it never moves again
+    for seed in range(2, 5):
+        head_ll = _alrao_step(model, opt, seed)
+        assert torch.isfinite(head_ll).all()
+    assert torch.all(model.heads.weight[2] == 0) and torch.all(model.heads.bias[2] == 0)
+    out = model(torch.randn(4, 2))
+    assert out.finite is None and torch.isfinite(out.prediction).all()
+
+
+@pytest.mark.filterwarnings("ignore:Switch.update:RuntimeWarning")
+def test_no_head_is_frozen_when_every_head_diverged() -> None:
+    """Then the body is to blame: freezing every head would kill the model for good."""
+    model = _regression_model()
+    opt = AlraoSGD(model, eta_min=1e-3, eta_max=0.1)
+    with torch.no_grad():
+        model.heads.bias.fill_(1e30)
+    with pytest.warns(RuntimeWarning, match="no head has a finite likelihood"):
+        _alrao_step(model, opt, 0)
+    assert opt.frozen_units() == 0 and torch.all(model.heads.bias == 1e30)
+
+
+def test_a_dead_head_with_a_plain_torch_optimizer_is_only_left_out() -> None:
+    model = _regression_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with torch.no_grad():
+        model.heads.bias[1, 0] = 1e30
+    head_ll = _alrao_step(model, opt, 0)
+    assert head_ll[1] == -math.inf and model.heads.bias[1, 0] == 1e30
+
+
 def test_frozen_units_survive_a_state_dict_round_trip() -> None:
     net = _Net()
     opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1, max_weight=5.0)

@@ -112,3 +112,22 @@ def test_bad_switch_arguments_are_refused(kwargs: dict, error: type, match: str)
 def test_bad_update_input_is_refused(value: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         Switch(3).update(value)  # type: ignore[arg-type]
+
+
+def test_averaging_weights_follow_updates_and_loaded_state() -> None:
+    """The float32 copies the model averages with are cached; an update or a load refreshes them."""
+    switch = Switch(3)
+    for filtered, source in ((True, "log_filtered"), (False, "log_predictive")):
+        log_a, a = switch.averaging_weights(filtered, torch.float32, torch.device("cpu"))
+        torch.testing.assert_close(log_a, getattr(switch, source).float())
+        torch.testing.assert_close(a, getattr(switch, source).exp().float())
+    switch.update(torch.tensor([-1.0, -0.1, -5.0]))
+    log_a, _ = switch.averaging_weights(True, torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(log_a, switch.log_filtered.float())
+    other = Switch(3)
+    other.update(torch.tensor([-9.0, -0.1, -0.2]))
+    switch.load_state_dict(other.state_dict())
+    log_a, a = switch.averaging_weights(True, torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(log_a, other.log_filtered.float())
+    torch.testing.assert_close(a, other.filtered_posterior.float())
+    assert switch.averaging_weights(True, torch.float64, torch.device("cpu"))[0].dtype == torch.float64
