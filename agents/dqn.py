@@ -295,7 +295,7 @@ class DQNAgent:
         """``Q_target(s, .)``; Alrao: the target heads averaged with the *online* switch weights."""
         if self.alrao:
             net = self.target_net
-            return net.output(net.body(obs), log_weights=self.q_net.averaging_log_weights()).prediction
+            return net.output(net.body(obs), switch=self.q_net.switch).prediction
         return self.target_net(obs)
 
     def greedy_action(self, obs: np.ndarray) -> int:
@@ -313,7 +313,8 @@ class DQNAgent:
         if self.alrao:
             out = self.q_net(batch.observations).gather(batch.actions)
             if config.td_variance == "running":  # running mean of the averaged model's squared TD error
-                self.td_variance = running_td_variance(self.td_variance, float((out.prediction - y).square().mean()))
+                mse = float(nn.functional.mse_loss(out.prediction, y))
+                self.td_variance = running_td_variance(self.td_variance, mse)
             loss, head_ll = self.q_net.loss(out, y, variance=self.td_variance or 1.0)
         else:
             q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)

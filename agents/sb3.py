@@ -43,7 +43,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD
+from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, Switch
 
 from .dqn import running_td_variance
 
@@ -107,15 +107,15 @@ class AlraoQNetwork(BasePolicy):
         head = nn.Linear(net_arch[-1] if net_arch else features_dim, int(action_space.n))
         self.alrao_model = AlraoModel(body, head, n_heads=n_heads, task="regression", averaging=averaging)  # type: ignore[arg-type]
 
-    def alrao_output(self, obs: PyTorchObs, log_weights: th.Tensor | None = None) -> AlraoOutput:
+    def alrao_output(self, obs: PyTorchObs, switch: Switch | None = None) -> AlraoOutput:
         """The Alrao forward pass: every head's Q-values and the body output (differentiable).
 
         :param obs: observations.
-        :param log_weights: averaging weights ``log a_j`` to use instead of this network's switch
-            (the target network is averaged with the online switch).
+        :param switch: average with this switch instead of this network's own (the target network
+            is averaged with the online switch).
         """
         z = self.alrao_model.body(self.extract_features(obs, self.features_extractor))
-        return self.alrao_model.output(z, log_weights=log_weights)
+        return self.alrao_model.output(z, switch=switch)
 
     def forward(self, obs: PyTorchObs) -> th.Tensor:
         """``Q(s, .) = sum_j a_j mu_j(s, .)``, ``[B, A]`` (no gradient).
@@ -388,14 +388,13 @@ class AlraoDQN(DQN):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             with th.no_grad():
-                log_weights = model.averaging_log_weights()
-                next_q = self.q_net_target.alrao_output(replay_data.next_observations, log_weights).prediction
+                next_q = self.q_net_target.alrao_output(replay_data.next_observations, model.switch).prediction
                 next_q = next_q.max(dim=1).values.reshape(-1, 1)
                 target = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q
             target = target.reshape(-1)
             out = self.q_net.alrao_output(replay_data.observations).gather(replay_data.actions.long().reshape(-1))
             if self.td_variance == "running":
-                mse = float((out.prediction - target).square().mean())
+                mse = float(th.nn.functional.mse_loss(out.prediction, target))
                 self.heads_variance = running_td_variance(self.heads_variance, mse)
             loss, head_ll = model.loss(out, target, variance=self.heads_variance or 1.0)
             losses.append(loss.item())

@@ -82,7 +82,7 @@ class _AlraoLoss(torch.autograd.Function):
                 diff = values.reshape(m, n_heads) - target.reshape(m, 1)
                 sq, dim = diff.square(), 1
             ll = sq.mul_(-0.5 / variance).sub_(0.5 * dim * (_LOG_2PI + math.log(variance)))
-            saved = diff if variance == 1.0 else diff / variance
+            saved = diff  # g = (mu - y) / sigma^2, the 1/sigma^2 is applied in backward
         head_ll = ll.mean(dim=0)
         usable = None
         if finite is not None or not math.isfinite(float(head_ll.sum())):
@@ -106,6 +106,7 @@ class _AlraoLoss(torch.autograd.Function):
             q = joint.sub_(lse_mix).exp_()  # responsibilities q_jb
         ctx.save_for_backward(z, weight, saved, q, target, index, usable)
         ctx.task = task
+        ctx.scale = 1.0 / m if task == "classification" else 1.0 / (m * variance)
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(head_ll)
         return loss, head_ll, usable
@@ -115,7 +116,7 @@ class _AlraoLoss(torch.autograd.Function):
         z, weight, saved, q, target, index, usable = ctx.saved_tensors
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]
-        scale = grad_loss / m
+        scale = grad_loss * ctx.scale
         # g[b, j] = d(-log p_j(y_b))/du_bj * grad / M, for the selected output(s).
         if ctx.task == "classification":
             y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
@@ -127,12 +128,13 @@ class _AlraoLoss(torch.autograd.Function):
             g = torch.where(usable.view(n_heads, *([1] * (g.dim() - 2))), g, 0.0)
             # a left-out head's inf/NaN weights must not reach dz (0 * inf = NaN)
             flat_w = torch.where(usable.repeat_interleave(n_out).unsqueeze(1), flat_w, 0.0)
-        g_mix = g * q if g.dim() == 2 else g * q.unsqueeze(2)
-        if index is not None:  # scatter the selected outputs' factors into [M, N, out]
-            idx = index.reshape(m, 1, 1).expand(m, n_heads, 1)
-            g = g.new_zeros(m, n_heads, n_out).scatter_(2, idx, g.unsqueeze(2))
-            g_mix = g_mix.new_zeros(m, n_heads, n_out).scatter_(2, idx, g_mix.unsqueeze(2))
-        g = g.view(m, n_heads * n_out)
+        if index is None:
+            g_mix = g * q if g.dim() == 2 else g * q.unsqueeze(2)
+        else:  # scatter the selected outputs' factors (own and mixture's at once) into [M, N, out]
+            selected = torch.stack((g, g * q)).unsqueeze_(3)
+            idx = index.reshape(1, m, 1, 1).expand(2, m, n_heads, 1)
+            g, g_mix = selected.new_zeros(2, m, n_heads, n_out).scatter_(3, idx, selected).unbind(0)
+        g = g.reshape(m, n_heads * n_out)
         grad_z = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_z = (g_mix.view(m, n_heads * n_out) @ flat_w).view(z.shape)

@@ -174,13 +174,14 @@ class AlraoModel(nn.Module):
         """Run the body on ``x``, then :meth:`output`."""
         return self.output(self.body(x))
 
-    def output(self, z: Tensor, log_weights: Tensor | None = None) -> AlraoOutput:
+    def output(self, z: Tensor, log_weights: Tensor | None = None, switch: Switch | None = None) -> AlraoOutput:
         """Heads and mixture weights on the body's output ``z`` (use it when the body returns
         more than features, e.g. an LSTM's hidden state).
 
         :param z: body output ``[..., in_features]``.
-        :param log_weights: averaging weights to use instead of the switch's (e.g. a DQN target
-            network averaged with the online switch); float ``[N]``.
+        :param log_weights: averaging weights ``log a_j`` to use instead of the switch's; float ``[N]``.
+        :param switch: average with this switch's posterior (as chosen by ``averaging``) instead of
+            this model's own, e.g. a DQN target network with the online network's switch.
         """
         if torch.is_grad_enabled():
             with torch.no_grad():
@@ -188,7 +189,8 @@ class AlraoModel(nn.Module):
         else:
             values = self.heads(z)
         if log_weights is None:
-            lw, a = self.switch.averaging_weights(self.averaging == "filtered", values.dtype, values.device)
+            source = self.switch if switch is None else switch
+            lw, a = source.averaging_weights(self.averaging == "filtered", values.dtype, values.device)
         else:
             lw, a = log_weights.to(device=values.device, dtype=values.dtype), None
         finite = None

@@ -210,6 +210,8 @@ class AlraoSGD(_AlraoOptimizer):
             with torch.enable_grad():
                 loss = closure()
         updated: list[tuple[dict[str, Any], list[Tensor]]] = []
+        # p <- p - lr * eta * d, one foreach call per distinct lr (the groups usually share it)
+        updates: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         for group in self.param_groups:
             params, grads = self._grads(group)
             if not params:
@@ -230,7 +232,11 @@ class AlraoSGD(_AlraoOptimizer):
                     torch._foreach_mul_(bufs, momentum)
                     torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
                 grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
-            torch._foreach_addcmul_(params, grads, self._rates(params), value=-group["lr"])
+            same_lr = updates.setdefault(group["lr"], ([], []))
+            same_lr[0].extend(params)
+            same_lr[1].extend(grads)
+        for lr, (params, directions) in updates.items():
+            torch._foreach_addcmul_(params, directions, self._rates(params), value=-lr)
         if updated:
             self._guard(updated, ("momentum_buffer",))
         return loss
