@@ -288,14 +288,13 @@ class DQNAgent:
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
         """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean), ``[B, A]``."""
-        return self.q_net(obs).prediction if self.alrao else self.q_net(obs)
+        return self.q_net.predict(obs) if self.alrao else self.q_net(obs)
 
     @torch.no_grad()
     def target_q_values(self, obs: Tensor) -> Tensor:
         """``Q_target(s, .)``; Alrao: the target heads averaged with the *online* switch weights."""
         if self.alrao:
-            net = self.target_net
-            return net.output(net.body(obs), switch=self.q_net.switch).prediction
+            return self.target_net.predict(obs, switch=self.q_net.switch)
         return self.target_net(obs)
 
     def greedy_action(self, obs: np.ndarray) -> int:

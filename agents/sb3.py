@@ -107,22 +107,22 @@ class AlraoQNetwork(BasePolicy):
         head = nn.Linear(net_arch[-1] if net_arch else features_dim, int(action_space.n))
         self.alrao_model = AlraoModel(body, head, n_heads=n_heads, task="regression", averaging=averaging)  # type: ignore[arg-type]
 
-    def alrao_output(self, obs: PyTorchObs, switch: Switch | None = None) -> AlraoOutput:
+    def alrao_output(self, obs: PyTorchObs) -> AlraoOutput:
         """The Alrao forward pass: every head's Q-values and the body output (differentiable).
+
+        :param obs: observations.
+        """
+        z = self.alrao_model.body(self.extract_features(obs, self.features_extractor))
+        return self.alrao_model.output(z)
+
+    def forward(self, obs: PyTorchObs, switch: Switch | None = None) -> th.Tensor:
+        """``Q(s, .) = sum_j a_j mu_j(s, .)``, ``[B, A]`` (no gradient).
 
         :param obs: observations.
         :param switch: average with this switch instead of this network's own (the target network
             is averaged with the online switch).
         """
-        z = self.alrao_model.body(self.extract_features(obs, self.features_extractor))
-        return self.alrao_model.output(z, switch=switch)
-
-    def forward(self, obs: PyTorchObs) -> th.Tensor:
-        """``Q(s, .) = sum_j a_j mu_j(s, .)``, ``[B, A]`` (no gradient).
-
-        :param obs: observations.
-        """
-        return self.alrao_output(obs).prediction
+        return self.alrao_model.predict(self.extract_features(obs, self.features_extractor), switch=switch)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         return self(observation).argmax(dim=1).reshape(-1)
@@ -388,7 +388,7 @@ class AlraoDQN(DQN):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             with th.no_grad():
-                next_q = self.q_net_target.alrao_output(replay_data.next_observations, model.switch).prediction
+                next_q = self.q_net_target(replay_data.next_observations, switch=model.switch)
                 next_q = next_q.max(dim=1).values.reshape(-1, 1)
                 target = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q
             target = target.reshape(-1)

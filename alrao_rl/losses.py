@@ -109,10 +109,13 @@ class _AlraoLoss(torch.autograd.Function):
         ctx.scale = 1.0 / m if task == "classification" else 1.0 / (m * variance)
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(head_ll)
+        ctx.set_materialize_grads(False)
         return loss, head_ll, usable
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, *_: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
+        if grad_loss is None:  # (grads are not materialized) nothing flows back
+            return (None,) * 10
         z, weight, saved, q, target, index, usable = ctx.saved_tensors
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -47,9 +48,11 @@ class AlraoOutput:
     :param features: the body's output ``z`` (differentiable) the heads were computed from.
     :param index: the output selected per sample by :meth:`gather`, or None.
     :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
+    :param mixing: regression: a function giving the ``[N*out, out]`` matrix ``a ⊗ I`` for
+        ``weights`` (cached by the model), so that the mixture mean is one matrix product.
     """
 
-    __slots__ = ("features", "finite", "index", "log_weights", "task", "values", "weights")
+    __slots__ = ("features", "finite", "index", "log_weights", "mixing", "task", "values", "weights")
 
     def __init__(
         self,
@@ -60,6 +63,7 @@ class AlraoOutput:
         features: Tensor,
         index: Tensor | None = None,
         weights: Tensor | None = None,
+        mixing: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.values = values
         self.log_weights = log_weights
@@ -68,6 +72,7 @@ class AlraoOutput:
         self.features = features
         self.index = index
         self.weights = weights
+        self.mixing = mixing
 
     @property
     def heads(self) -> Tensor:
@@ -89,6 +94,9 @@ class AlraoOutput:
         if self.task == "classification":
             return torch.logsumexp(torch.log_softmax(values, dim=-1) + self.log_weights.unsqueeze(1), dim=head_dim)
         # sum_j a_j mu_j as one matmul; a_j = 0 for a head left out, whose outputs are finite here
+        if self.mixing is not None and self.weights is not None and self.finite is None and self.index is None:
+            mixing = self.mixing(self.weights)
+            return (values.reshape(-1, mixing.shape[0]) @ mixing).view(*values.shape[:-2], mixing.shape[1])
         a = self.log_weights.exp() if self.weights is None else self.weights
         return values @ a if self.index is not None else torch.matmul(a, values)
 
@@ -159,6 +167,7 @@ class AlraoModel(nn.Module):
         self.switch = Switch(n_heads, theta=theta)
         self.task: Task = task
         self.averaging: Averaging = averaging
+        self._mixing_cache: tuple[Tensor, Tensor] | None = None
 
     @property
     def n_heads(self) -> int:
@@ -204,7 +213,16 @@ class AlraoModel(nn.Module):
                 )
             lw = torch.where(finite, lw, -math.inf)
             lw, a = lw - torch.logsumexp(lw, dim=0), None
-        return AlraoOutput(values, lw, finite, self.task, z, weights=a)
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a, mixing=self._mixing)
+
+    def _mixing(self, a: Tensor) -> Tensor:
+        """``a ⊗ I_out`` ``[N*out, out]`` for the switch's cached weights ``a`` (cached with them)."""
+        cached = self._mixing_cache
+        if cached is None or cached[0] is not a:  # holding ``a`` keeps its identity unique
+            n_out = self.heads.out_features
+            eye = torch.eye(n_out, dtype=a.dtype, device=a.device)
+            cached = self._mixing_cache = (a, (a.view(-1, 1, 1) * eye).view(-1, n_out))  # [N*out, out]
+        return cached[1]
 
     def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
@@ -234,9 +252,28 @@ class AlraoModel(nn.Module):
         return loss, head_ll
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """The averaged model's output for ``x`` (no gradient)."""
-        return self(x).prediction
+    def predict(self, x: Tensor, switch: Switch | None = None) -> Tensor:
+        """The averaged model's output for ``x`` (no gradient), as ``self(x).prediction``.
+
+        Regression takes a shortcut when it can: the mixture mean of linear heads is one linear
+        layer, ``sum_j a_j (W_j z + b_j) = (sum_j a_j W_j) z + sum_j a_j b_j``, so the heads are
+        averaged before the product (one ``[N] x [N, out*in]`` product instead of ``N`` heads on
+        every sample). If that mean is not finite, it falls back to the heads' outputs, leaving
+        out the non-finite ones.
+
+        :param x: the body's input.
+        :param switch: average with this switch instead of the model's own (see :meth:`output`).
+        """
+        z = self.body(x)
+        if self.task == "regression" and z.shape[-1] == self.heads.in_features:
+            heads = self.heads
+            source = self.switch if switch is None else switch
+            _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
+            weight = (a @ heads.weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
+            mean = nn.functional.linear(z, weight, None if heads.bias is None else a @ heads.bias)
+            if math.isfinite(float(mean.sum())):
+                return mean
+        return self.output(z, switch=switch).prediction
 
     def extra_repr(self) -> str:
         return f"task={self.task!r}, averaging={self.averaging!r}"

@@ -36,10 +36,13 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 __all__ = ["Switch"]
+
+_STATE = ("log_weights", "log_predictive", "log_filtered", "steps")
 
 
 class Switch(nn.Module):
@@ -84,6 +87,7 @@ class Switch(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._revision = 0  # bumped by update(): invalidates averaging_weights' cache
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._host: tuple[tuple[Tensor, ...], tuple[np.ndarray, ...]] | None = None
 
     @property
     def log_posterior(self) -> Tensor:
@@ -132,23 +136,33 @@ class Switch(nn.Module):
                 stacklevel=2,
             )
             return
-        # w~_t(s, j) = w_t(s, j) p_j(y_t), normalized
-        may_switch, settled = self.log_weights.tolist()
-        w0 = [w + (x - best) for w, x in zip(may_switch, ll, strict=True)]
-        w1 = [w + (x - best) for w, x in zip(settled, ll, strict=True)]
-        total = _logsumexp(w0 + w1)
-        w0 = [w - total for w in w0]
-        w1 = [w - total for w in w1]
-        t = int(self.steps) + 1
+        # Bayes: filtered_j ∝ predictive_j p_j(y_t), with predictive_j = sum_s w_t(s, j) (all finite)
+        weights, predictive, filtered, steps = self._host_buffers()
+        joint = [lp + (x - best) for lp, x in zip(predictive.tolist(), ll, strict=True)]
+        total = _logsumexp(joint)
+        # w~_t(s, j) = w_t(s, j) p_j(y_t) / total
+        shift = [x - best - total for x in ll]
+        may_switch, settled = weights.tolist()
+        w0 = [w + d for w, d in zip(may_switch, shift, strict=True)]
+        t = int(steps.item()) + 1
         # switch_in = log(alpha_t S_t / N), alpha_t = 1/(t+1)
         switch_in = _logsumexp(w0) - math.log(t + 1) - self._log_n
         stay, in0, in1 = math.log(t / (t + 1)), switch_in + self._log_theta, switch_in + self._log_1m_theta
-        new0 = [_logaddexp(w + stay, in0) for w in w0]
-        new1 = [_logaddexp(w, in1) for w in w1]
-        _write(self.log_filtered, [_logaddexp(a, b) for a, b in zip(w0, w1, strict=True)])
-        _write(self.log_weights, [new0, new1])
-        _write(self.log_predictive, [_logaddexp(a, b) for a, b in zip(new0, new1, strict=True)])
-        self.steps.fill_(t)
+        # log(e^x + e^c) for a finite c (x may be -inf): max + log1p(exp(min - max))
+        exp, log1p = math.exp, math.log1p
+        new0 = [(w + stay) + log1p(exp(in0 - w - stay)) if w + stay > in0 else in0 + log1p(exp(w + stay - in0))
+                for w in w0]
+        new1 = [(w + d) + log1p(exp(in1 - w - d)) if w + d > in1 else in1 + log1p(exp(w + d - in1))
+                for w, d in zip(settled, shift, strict=True)]
+        filtered[...] = [x - total for x in joint]
+        weights[...] = [new0, new1]
+        predictive[...] = [
+            a + log1p(exp(b - a)) if a > b else b + log1p(exp(a - b)) for a, b in zip(new0, new1, strict=True)
+        ]
+        steps[...] = t
+        if self.log_weights.device.type != "cpu":
+            for name, host in zip(_STATE, (weights, predictive, filtered, steps), strict=True):
+                getattr(self, name).copy_(torch.from_numpy(host))
         self._revision += 1
 
     def averaging_weights(self, filtered: bool, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -169,6 +183,19 @@ class Switch(nn.Module):
             self._cache[key] = cached
         return cached
 
+    def _host_buffers(self) -> tuple[np.ndarray, ...]:
+        """The state buffers as numpy arrays: views of them on the CPU (cached while they are the
+        same tensors), copies otherwise (``update`` then copies them back)."""
+        buffers = tuple(self._buffers[name] for name in _STATE)
+        cached = self._host
+        if cached is not None and all(a is b for a, b in zip(cached[0], buffers, strict=True)):
+            return cached[1]
+        if buffers[0].device.type != "cpu":
+            return tuple(b.detach().cpu().numpy() for b in buffers)
+        views = tuple(b.detach().numpy() for b in buffers)
+        self._host = (buffers, views)
+        return views
+
     def _apply(self, fn: Any, recurse: bool = True) -> Switch:
         self._cache.clear()
         return super()._apply(fn, recurse)
@@ -177,22 +204,7 @@ class Switch(nn.Module):
         return f"n_models={self.n_models}, theta={self.theta}"
 
 
-def _logaddexp(a: float, b: float) -> float:
-    """``log(exp(a) + exp(b))`` for floats ``<= 0`` or ``-inf``."""
-    if a < b:
-        a, b = b, a
-    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
-
-
 def _logsumexp(values: list[float]) -> float:
     """``log sum_i exp(values_i)`` without overflow."""
     m = max(values)
     return m if m == -math.inf else m + math.log(sum([math.exp(v - m) for v in values]))
-
-
-def _write(buffer: Tensor, values: list) -> None:
-    """Copy Python floats into a float64 buffer on its device."""
-    if buffer.device.type == "cpu":
-        buffer.numpy()[...] = values
-    else:
-        buffer.copy_(torch.tensor(values, dtype=torch.float64))

@@ -219,3 +219,23 @@ def test_body_width_mismatch_is_a_clear_error() -> None:
     model = AlraoModel(nn.Linear(2, 7), nn.Linear(5, 3), 2, "regression")
     with pytest.raises(ValueError, match="body output has 7 features, the heads expect 5"):
         model(torch.randn(1, 2))
+
+
+def test_predict_averages_the_heads_before_the_product_and_falls_back_when_not_finite() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.heads.weight.normal_()
+        model.heads.bias.normal_()
+    for ll in ([-1.0, -0.2, -3.0, -0.5], [-9.0, -0.1, -0.3, -7.0]):
+        model.switch.update(torch.tensor(ll))
+        x = torch.randn(6, 2)
+        torch.testing.assert_close(model.predict(x), model(x).prediction)
+    other = _model()
+    other.switch.update(torch.tensor([-0.1, -9.0, -9.0, -9.0]))
+    expected = model.output(model.body(x), switch=other.switch).prediction
+    torch.testing.assert_close(model.predict(x, switch=other.switch), expected)
+    with torch.no_grad():  # a NaN head (weight 0 or not) makes the averaged layer NaN: the heads' path leaves it out
+        model.heads.weight[1] = math.nan
+    prediction = model.predict(x)
+    assert torch.isfinite(prediction).all()
+    torch.testing.assert_close(prediction, model(x).prediction)
