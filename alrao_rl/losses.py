@@ -79,7 +79,7 @@ class _AlraoLoss(torch.autograd.Function):
                 diff = values.reshape(m, n_heads, n_out) - target.reshape(m, 1, n_out)  # mu - y
                 sq, dim = diff.square().sum(dim=2), n_out
             else:
-                diff = values.reshape(m, n_heads) - target.reshape(m, 1)
+                diff = (values if values.dim() == 2 else values.reshape(m, n_heads)) - target.reshape(m, 1)
                 sq, dim = diff.square(), 1
             ll = sq.mul_(-0.5 / variance).sub_(0.5 * dim * (_LOG_2PI + math.log(variance)))
             saved = diff  # g = (mu - y) / sigma^2, the 1/sigma^2 is applied in backward

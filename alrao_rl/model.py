@@ -115,7 +115,7 @@ class AlraoOutput:
         if index.shape != lead:
             raise ValueError(f"index shape {tuple(index.shape)} must equal the outputs' leading shape {tuple(lead)}")
         index = index.long()
-        expanded = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, self.values.shape[-2], 1)
+        expanded = index.reshape(*lead, 1, 1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
         return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index, self.weights)
 
@@ -269,8 +269,9 @@ class AlraoModel(nn.Module):
             heads = self.heads
             source = self.switch if switch is None else switch
             _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
-            weight = (a @ heads.weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
-            mean = nn.functional.linear(z, weight, None if heads.bias is None else a @ heads.bias)
+            a = a.view(1, -1)
+            weight = a.mm(heads.weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
+            mean = nn.functional.linear(z, weight, None if heads.bias is None else a.mm(heads.bias).view(-1))
             if math.isfinite(float(mean.sum())):
                 return mean
         return self.output(z, switch=switch).prediction
