@@ -132,17 +132,21 @@ class _AlraoLoss(torch.autograd.Function):
             # a left-out head's inf/NaN weights must not reach dz (0 * inf = NaN)
             flat_w = torch.where(usable.repeat_interleave(n_out).unsqueeze(1), flat_w, 0.0)
         if index is None:
-            g_mix = g * q if g.dim() == 2 else g * q.unsqueeze(2)
-        else:  # scatter the selected outputs' factors (own and mixture's at once) into [M, N, out]
+            g_mix = (g * q if g.dim() == 2 else g * q.unsqueeze(2)).view(m, n_heads * n_out)
+            g = g.view(m, n_heads * n_out)
+        else:  # scatter the selected outputs' factors (own and mixture's at once) into [M, N*out]
             selected = torch.stack((g, g * q)).unsqueeze_(3)
             idx = index.reshape(1, m, 1, 1).expand(2, m, n_heads, 1)
-            g, g_mix = selected.new_zeros(2, m, n_heads, n_out).scatter_(3, idx, selected).unbind(0)
-        g = g.reshape(m, n_heads * n_out)
+            both = selected.new_zeros(2, m, n_heads * n_out)
+            both.view(2, m, n_heads, n_out).scatter_(3, idx, selected)
+            g, g_mix = both.unbind(0)
         grad_z = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_z = (g_mix.view(m, n_heads * n_out) @ flat_w).view(z.shape)
+            grad_z = g_mix.mm(flat_w)
+            if z.dim() != 2:
+                grad_z = grad_z.view(z.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = (g.t() @ z.reshape(m, n_in)).view(n_heads, n_out, n_in)
+            grad_w = g.t().mm(z if z.dim() == 2 else z.reshape(m, n_in)).view(n_heads, n_out, n_in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=0).view(n_heads, n_out)
         return grad_z, grad_w, grad_b, None, None, None, None, None, None, None

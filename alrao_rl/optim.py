@@ -29,6 +29,7 @@ features are counted in ``optimizer.frozen_units()``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from .rates import check_interval, sample_unit_rates
 __all__ = ["AlraoAdam", "AlraoSGD"]
 
 _RATE = "alrao_rate"
+_LARGEST = sys.float_info.max  # the bound of a group checked for finiteness only
 
 
 class _AlraoOptimizer(torch.optim.Optimizer):
@@ -81,7 +83,6 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         defaults = {**defaults, "eta_min": eta_min, "eta_max": eta_max, "max_weight": max_weight}
         super().__init__(groups, defaults)
         self._heads = [m for m in model.modules() if isinstance(m, AlraoHeads)]
-        self._limits_cache: tuple[Any, Tensor] | None = None
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
 
@@ -96,18 +97,19 @@ class _AlraoOptimizer(torch.optim.Optimizer):
     def _guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]], buffer_keys: tuple[str, ...]) -> None:
         """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
         and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead."""
-        params = [p for _, ps in updated for p in ps]
-        bounds = [group["max_weight"] for group, ps in updated for _ in ps]
+        params: list[Tensor] = []
+        limits: list[float] = []
+        for group, ps in updated:
+            params += ps
+            bound = group["max_weight"]
+            limits += [_LARGEST if bound is None else bound] * len(ps)
         # One 2-norm per parameter (much cheaper than the max-norm on CPU). It is finite iff every
         # weight is, unless it overflows (then the exact check below decides), and it bounds the
-        # largest weight, so "norm <= limit" for every parameter clears them all at once.
-        norms = torch.stack(torch._foreach_norm(params))
-        limits = self._limits(params, bounds, norms.dtype)
-        if not float((norms / limits).max()) <= 1.0:  # also true for NaN
-            for p, norm, bound in zip(params, norms.tolist(), bounds, strict=True):
-                if math.isfinite(norm) and (bound is None or norm <= bound):
-                    continue
-                bad = ~torch.isfinite(p) if bound is None else ~(p.abs() <= bound)
+        # largest weight: "norm <= limit" clears a parameter at once.
+        norms = torch.stack(torch._foreach_norm(params)).tolist()
+        for p, norm, limit in zip(params, norms, limits, strict=True):
+            if not norm <= limit:  # also true for NaN
+                bad = ~torch.isfinite(p) if limit == _LARGEST else ~(p.abs() <= limit)
                 rate = self.state[p][_RATE]
                 self._freeze(p, bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad, buffer_keys)
         for heads in self._heads:
@@ -116,16 +118,6 @@ class _AlraoOptimizer(torch.optim.Optimizer):
                 for p in heads.parameters():
                     if p in self.state:
                         self._freeze(p, dead.view(-1, *[1] * (p.dim() - 1)), buffer_keys)
-
-    def _limits(self, params: list[Tensor], bounds: list[float | None], dtype: torch.dtype) -> Tensor:
-        """Per-parameter bounds on the 2-norm (cached): ``max_weight``, or the largest float when
-        the group is only checked for finiteness."""
-        key = (tuple(map(id, params)), tuple(bounds), dtype)
-        if self._limits_cache is None or self._limits_cache[0] != key:
-            big = torch.finfo(dtype).max
-            values = torch.tensor([big if b is None else b for b in bounds], dtype=dtype)
-            self._limits_cache = (key, values)
-        return self._limits_cache[1]
 
     def _freeze(self, p: Tensor, bad_units: Tensor, buffer_keys: tuple[str, ...]) -> None:
         """Zero the features ``bad_units`` (bool, the rate's shape) of ``p``, their buffers and rates."""

@@ -85,9 +85,7 @@ class Switch(nn.Module):
         self.register_buffer("log_predictive", uniform.clone())
         self.register_buffer("log_filtered", uniform.clone())
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self._revision = 0  # bumped by update(): invalidates averaging_weights' cache
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-        self._host: tuple[tuple[Tensor, ...], tuple[np.ndarray, ...]] | None = None
+        self._scratch = _Scratch()
 
     @property
     def log_posterior(self) -> Tensor:
@@ -137,7 +135,9 @@ class Switch(nn.Module):
             )
             return
         # Bayes: filtered_j ∝ predictive_j p_j(y_t), with predictive_j = sum_s w_t(s, j) (all finite)
-        weights, predictive, filtered, steps = self._host_buffers()
+        scratch = self._scratch
+        scratch.averaging.clear()
+        weights, predictive, filtered, steps = self._host_buffers(scratch)
         joint = [lp + (x - best) for lp, x in zip(predictive.tolist(), ll, strict=True)]
         total = _logsumexp(joint)
         # w~_t(s, j) = w_t(s, j) p_j(y_t) / total
@@ -160,10 +160,9 @@ class Switch(nn.Module):
             a + log1p(exp(b - a)) if a > b else b + log1p(exp(a - b)) for a, b in zip(new0, new1, strict=True)
         ]
         steps[...] = t
-        if self.log_weights.device.type != "cpu":
+        if scratch.views is None:  # not on the CPU: copy back
             for name, host in zip(_STATE, (weights, predictive, filtered, steps), strict=True):
-                getattr(self, name).copy_(torch.from_numpy(host))
-        self._revision += 1
+                self._buffers[name].copy_(torch.from_numpy(host))  # type: ignore[union-attr]
 
     def averaging_weights(self, filtered: bool, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         """``(log a, a)``: the filtered (or predictive) posterior as ``dtype`` on ``device``.
@@ -172,36 +171,61 @@ class Switch(nn.Module):
         forward passes between two updates convert them once. The returned tensors are shared:
         do not modify them in place.
         """
-        source = self.log_filtered if filtered else self.log_predictive
-        key = (filtered, dtype, device, self._revision, source._version)
-        cached = self._cache.get(key)
+        source: Tensor = self._buffers["log_filtered" if filtered else "log_predictive"]  # type: ignore[assignment]
+        key = (filtered, dtype, device, source._version)
+        cache = self._scratch.averaging
+        cached = cache.get(key)
         if cached is None:
             log_a = source.to(device=device, dtype=dtype)
             cached = (log_a, log_a.exp())
-            if len(self._cache) > 8:
-                self._cache.clear()
-            self._cache[key] = cached
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = cached
         return cached
 
-    def _host_buffers(self) -> tuple[np.ndarray, ...]:
+    def _host_buffers(self, scratch: _Scratch) -> tuple[np.ndarray, ...]:
         """The state buffers as numpy arrays: views of them on the CPU (cached while they are the
         same tensors), copies otherwise (``update`` then copies them back)."""
-        buffers = tuple(self._buffers[name] for name in _STATE)
-        cached = self._host
-        if cached is not None and all(a is b for a, b in zip(cached[0], buffers, strict=True)):
-            return cached[1]
-        if buffers[0].device.type != "cpu":
-            return tuple(b.detach().cpu().numpy() for b in buffers)
-        views = tuple(b.detach().numpy() for b in buffers)
-        self._host = (buffers, views)
-        return views
+        b, held = self._buffers, scratch.buffers
+        if (
+            held
+            and held[0] is b["log_weights"]
+            and held[1] is b["log_predictive"]
+            and held[2] is b["log_filtered"]
+            and held[3] is b["steps"]
+        ):
+            return scratch.views  # type: ignore[return-value]
+        buffers = tuple(b[name] for name in _STATE)
+        if any(t is None or t.device.type != "cpu" for t in buffers):
+            scratch.buffers, scratch.views = (), None
+            return tuple(t.detach().cpu().numpy() for t in buffers)  # type: ignore[union-attr]
+        scratch.buffers, scratch.views = buffers, tuple(t.detach().numpy() for t in buffers)  # type: ignore[union-attr]
+        return scratch.views
 
     def _apply(self, fn: Any, recurse: bool = True) -> Switch:
-        self._cache.clear()
+        self._scratch = _Scratch()
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"n_models={self.n_models}, theta={self.theta}"
+
+
+class _Scratch:
+    """What a :class:`Switch` derives from its buffers (not state): numpy views of them and the
+    averaging weights converted for the model, reset by ``update`` and ``Module._apply``."""
+
+    __slots__ = ("averaging", "buffers", "views")
+
+    def __init__(self) -> None:
+        self.buffers: tuple = ()
+        self.views: tuple[np.ndarray, ...] | None = None
+        self.averaging: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Scratch:
+        return _Scratch()  # a copied switch has new buffers: derive afresh
+
+    def __reduce__(self) -> tuple:
+        return (_Scratch, ())
 
 
 def _logsumexp(values: list[float]) -> float:

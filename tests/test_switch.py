@@ -1,6 +1,8 @@
 """The switch against a brute-force sum over every hidden path (Appendix A)."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -131,3 +133,18 @@ def test_averaging_weights_follow_updates_and_loaded_state() -> None:
     torch.testing.assert_close(log_a, other.log_filtered.float())
     torch.testing.assert_close(a, other.filtered_posterior.float())
     assert switch.averaging_weights(True, torch.float64, torch.device("cpu"))[0].dtype == torch.float64
+
+
+def test_a_copied_switch_updates_its_own_buffers() -> None:
+    """The switch keeps numpy views of its buffers: a deep copy (a DQN target network) must not
+    write into the original's, nor keep writing into stale views."""
+    switch = Switch(3)
+    switch.update(torch.tensor([-1.0, -0.1, -5.0]))
+    twin = copy.deepcopy(switch)
+    before = switch.log_weights.clone()
+    twin.update(torch.tensor([-5.0, -0.1, -1.0]))
+    assert torch.equal(switch.log_weights, before) and not torch.equal(twin.log_weights, before)
+    assert int(twin.steps) == 2 and int(switch.steps) == 1
+    restored = pickle.loads(pickle.dumps(twin))
+    restored.update(torch.tensor([-1.0, -1.0, -1.0]))
+    assert int(restored.steps) == 3 and int(twin.steps) == 2
