@@ -221,11 +221,8 @@ class _Scratch:
         self.views: tuple[np.ndarray, ...] | None = None
         self.averaging: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def __deepcopy__(self, memo: dict) -> _Scratch:
-        return _Scratch()  # a copied switch has new buffers: derive afresh
-
     def __reduce__(self) -> tuple:
-        return (_Scratch, ())
+        return (_Scratch, ())  # a copied or unpickled switch has new buffers: derive afresh
 
 
 def _logsumexp(values: list[float]) -> float:
