@@ -60,7 +60,9 @@ class AlraoHeads(nn.Module):
 
     def take_dead(self) -> Tensor | None:
         """The heads marked dead since the last call (None if none), and forget them."""
-        dead, self._dead = self._dead, None
+        dead = self._dead
+        if dead is not None:
+            self._dead = None
         return dead
 
     def forward(self, z: Tensor) -> Tensor:
