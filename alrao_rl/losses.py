@@ -120,19 +120,21 @@ class _AlraoLoss(torch.autograd.Function):
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]
         scale = grad_loss * ctx.scale
-        # g[b, j] = d(-log p_j(y_b))/du_bj * grad / M, for the selected output(s).
+        # g[b, j] = d(-log p_j(y_b))/du_bj, for the selected output(s); the factor `scale` (grad / M,
+        # and 1/sigma^2) multiplies whichever side is smaller: g itself when it is [M, N] (one
+        # selected output), else the responsibilities q and the [N*out, in] products.
         if ctx.task == "classification":
             y = target.reshape(m, 1, 1).expand(m, n_heads, 1)
-            g = saved.exp().scatter_add_(2, y, saved.new_full(y.shape, -1.0)).mul_(scale)
+            g = saved.exp().scatter_add_(2, y, saved.new_full(y.shape, -1.0))
         else:
-            g = saved * scale
+            g = saved if index is None else saved * scale
         flat_w = weight.view(n_heads * n_out, n_in)
         if usable is not None:
             g = torch.where(usable.view(n_heads, *([1] * (g.dim() - 2))), g, 0.0)
             # a left-out head's inf/NaN weights must not reach dz (0 * inf = NaN)
             flat_w = torch.where(usable.repeat_interleave(n_out).unsqueeze(1), flat_w, 0.0)
         if index is None:
-            g_mix = (g * q if g.dim() == 2 else g * q.unsqueeze(2)).view(m, n_heads * n_out)
+            g_mix = (g * (q * scale).unsqueeze(2)).view(m, n_heads * n_out)
             g = g.view(m, n_heads * n_out)
         else:  # scatter the selected outputs' factors (own and mixture's at once) into [M, N*out]
             selected = torch.stack((g, g * q)).unsqueeze_(3)
@@ -147,8 +149,12 @@ class _AlraoLoss(torch.autograd.Function):
                 grad_z = grad_z.view(z.shape)
         if ctx.needs_input_grad[1]:
             grad_w = g.t().mm(z if z.dim() == 2 else z.reshape(m, n_in)).view(n_heads, n_out, n_in)
+            if index is None:
+                grad_w.mul_(scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=0).view(n_heads, n_out)
+            if index is None:
+                grad_b.mul_(scale)
         return grad_z, grad_w, grad_b, None, None, None, None, None, None, None
 
 
