@@ -84,7 +84,7 @@ class _AlraoLoss(torch.autograd.Function):
             ll = sq.mul_(-0.5 / variance).sub_(0.5 * dim * (_LOG_2PI + math.log(variance)))
             saved = diff  # g = (mu - y) / sigma^2, the 1/sigma^2 is applied in backward
         head_ll = ll.mean(dim=0)
-        usable = None
+        usable, any_usable = None, True
         if finite is not None or not math.isfinite(float(head_ll.sum())):
             # Rare path: leave out heads with non-finite outputs or likelihoods.
             usable = torch.isfinite(ll).all(dim=0)
@@ -92,18 +92,21 @@ class _AlraoLoss(torch.autograd.Function):
                 usable &= finite
             ll = torch.where(usable, ll, 0.0)
             lw = torch.where(usable, lw, -math.inf)
-            if bool(usable.any()):
+            any_usable = bool(usable.any())
+            if any_usable:
                 lw = lw - torch.logsumexp(lw, dim=0)
             head_ll = torch.where(usable, head_ll, -math.inf)
             ctx.mark_non_differentiable(usable)
-        joint = ll + lw
-        lse_mix = torch.logsumexp(joint, dim=1, keepdim=True)  # [M, 1]
-        loss = lse_mix.mean().neg_()
-        if usable is not None and not bool(usable.any()):
-            loss.fill_(math.inf)
-            q = torch.zeros_like(joint)
+        joint = ll + lw  # log a_j p_j(y_b)
+        if any_usable:
+            # log sum_j a_j p_j(y_b) and the responsibilities q_jb, as logsumexp and softmax do
+            top = joint.amax(dim=1, keepdim=True)
+            q = joint.sub_(top).exp_()
+            total = q.sum(dim=1, keepdim=True)
+            q.div_(total)
+            loss = total.log_().add_(top).mean().neg_()
         else:
-            q = joint.sub_(lse_mix).exp_()  # responsibilities q_jb
+            loss, q = joint.new_tensor(math.inf), torch.zeros_like(joint)
         ctx.save_for_backward(z, weight, saved, q, target, index, usable)
         ctx.task = task
         ctx.scale = 1.0 / m if task == "classification" else 1.0 / (m * variance)
