@@ -251,7 +251,6 @@ class AlraoModel(nn.Module):
             self.heads.mark_dead(~usable)
         return loss, head_ll
 
-    @torch.no_grad()
     def predict(self, x: Tensor, switch: Switch | None = None) -> Tensor:
         """The averaged model's output for ``x`` (no gradient), as ``self(x).prediction``.
 
@@ -264,6 +263,9 @@ class AlraoModel(nn.Module):
         :param x: the body's input.
         :param switch: average with this switch instead of the model's own (see :meth:`output`).
         """
+        if torch.is_grad_enabled():  # (one no_grad context, not one per call in a no_grad caller)
+            with torch.no_grad():
+                return self.predict(x, switch)
         z = self.body(x)
         if self.task == "regression" and z.shape[-1] == self.heads.in_features:
             heads = self.heads
