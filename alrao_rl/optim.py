@@ -17,13 +17,15 @@ at once. The rates live in ``self.state[p]["alrao_rate"]`` as compact tensors th
 against ``p``, so ``state_dict()`` / ``load_state_dict()`` carry them.
 
 **Runaway units.** With ``eta_max = 10`` some features diverge. After every step the optimizer
-checks (one vectorized norm per parameter) that every weight is finite and, if ``max_weight`` is
-set, that no weight of the body exceeds ``max_weight`` in absolute value (output heads are only
-checked for finiteness: they must be free to reach the scale of the targets). A feature that fails is reset to
-zero and frozen: its parameters, its optimizer buffers and its rate are set to 0, so it outputs a
-constant and never moves again, and its inf/NaN cannot spread to the rest of the network through
-the next forward pass (Appendix G of the paper: frozen features do not hurt training). Frozen
-features are counted in ``optimizer.frozen_units()``.
+checks (one vectorized 2-norm per parameter) that every weight is finite and, if ``max_weight``
+is set, that no weight of the body exceeds ``max_weight`` in absolute value (output heads are only
+checked for finiteness: they must be free to reach the scale of the targets). A feature that
+fails is reset to zero and frozen: its parameters, its optimizer buffers and its rate are set to
+0, so it outputs a constant and never moves again, and its inf/NaN cannot spread to the rest of
+the network through the next forward pass (Appendix G of the paper: frozen features do not hurt
+training). The same happens to an output head that :meth:`alrao_rl.AlraoModel.loss` found dead
+(its likelihood overflowed: see :class:`alrao_rl.AlraoHeads`). Frozen features are counted in
+``optimizer.frozen_units()``.
 """
 
 from __future__ import annotations

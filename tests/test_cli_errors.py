@@ -421,13 +421,7 @@ PROCESS_ROWS: list[Any] = [
         "utf-8",
     ).param(),
     Row("compare", "--sgd-grid nan", "rates must be finite numbers > 0").param(),
-    Row("compare", "--task ptb --data-dir {root}/ptb --batch-size 10000", "too few for 10000 streams").param(
-        pytest.mark.xfail(
-            strict=True,
-            reason="agents/compare.py load_supervised_data warns 'no complete set of [ptb.char.*] ... deriving "
-            "characters' (2 lines on stderr) before the error line, even when the error is that files are missing",
-        )
-    ),
+    Row("compare", "--task ptb --data-dir {root}/ptb --batch-size 10000", "too few for 10000 streams").param(),
 ]
 
 

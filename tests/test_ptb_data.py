@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -101,11 +102,14 @@ def test_load_ptb_char_level_adds_unk_with_warning_only_when_needed(tmp_path: Pa
     assert UNK not in vocab_same
 
 
-def test_load_ptb_dir_prefers_char_files_else_derives_from_words(tmp_path: Path) -> None:
+def test_load_ptb_dir_prefers_char_files_else_derives_from_words(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
         _write(tmp_path, name, TRAIN)
-    with pytest.warns(UserWarning, match="deriving characters"):
+    with caplog.at_level(logging.INFO, logger="alrao_rl.supervised.ptb"):
         derived = load_ptb_dir(tmp_path, "char")
+    assert "deriving characters" in caplog.text
     for name in ("ptb.char.train.txt", "ptb.char.valid.txt", "ptb.char.test.txt"):
         _write(tmp_path, name, "x _ y\n")
     vocab, train, _, _ = load_ptb_dir(tmp_path, "char")

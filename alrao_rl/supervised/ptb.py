@@ -22,6 +22,7 @@ character level ``"<unk>"`` is one symbol, distinct from the five characters ``<
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ __all__ = [
     "read_chars",
     "read_words",
 ]
+
+logger = logging.getLogger(__name__)
 
 EOS = "<eos>"
 """End-of-line symbol, at both levels."""
@@ -284,10 +287,8 @@ def load_ptb_dir(data_dir: str | Path, level: Level) -> tuple[Vocabulary, Tensor
         char_paths = [folder / name for name in CHAR_FILES]
         if all(p.is_file() for p in char_paths):
             return load_ptb(*char_paths, level="char", char_files=True)
-        warnings.warn(
-            f"no complete set of {list(CHAR_FILES)} in {folder}; deriving characters from the "
-            f"word-level files",
-            stacklevel=2,
+        logger.info(
+            "no complete set of %s in %s; deriving characters from the word-level files", list(CHAR_FILES), folder
         )
     word_paths = [folder / name for name in WORD_FILES]
     return load_ptb(*word_paths, level=level)
