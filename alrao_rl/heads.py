@@ -8,6 +8,8 @@ an Alrao step cost about as much as a plain one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -29,9 +31,11 @@ class AlraoHeads(nn.Module):
     **Dead heads.** A head whose likelihood cannot be represented any more (non-finite outputs, or
     a Gaussian log-likelihood that overflows to ``-inf``: its mean is ~1e19 away from the target)
     has diverged for good. :meth:`alrao_rl.AlraoModel.loss` leaves it out and marks it with
-    :meth:`mark_dead`; the Alrao optimizers then zero and freeze it at their next step, like a
-    runaway body unit (rate, weights and buffers set to 0): it predicts the constant 0 from then
-    on, the switch weighs it by that likelihood, and no later step pays for the non-finite path.
+    :meth:`mark_dead` (the buffer ``dead``, saved with the model); from then on the loss reports
+    its likelihood as 0 (``-inf``) to the switch, so the filtered posterior keeps it at weight 0,
+    and the Alrao optimizers zero and freeze it at their next step, like a runaway body unit (rate,
+    weights and buffers set to 0): no later step pays for its overflowing outputs, and where it
+    still has weight (the predictive posterior's floor) it predicts 0, not 1e19.
     """
 
     def __init__(self, head: nn.Linear, n_heads: int) -> None:
@@ -50,20 +54,30 @@ class AlraoHeads(nn.Module):
             self.bias = nn.Parameter(head.bias.detach().unsqueeze(0).repeat(n_heads, 1))
         else:
             self.register_parameter("bias", None)
-        self._dead: Tensor | None = None
+        self.register_buffer("dead", torch.zeros(n_heads, dtype=torch.bool))
+        self.any_dead = False  # bool(dead.any()), kept without a sync per step
+        self._to_freeze: Tensor | None = None
 
     def mark_dead(self, dead: Tensor) -> None:
-        """Ask the Alrao optimizer to zero and freeze the heads where ``dead`` ``[N]`` is True at
-        its next step (masks accumulate until then)."""
-        dead = dead.detach().to(dtype=torch.bool)
-        self._dead = dead if self._dead is None else self._dead | dead
+        """Mark the heads where ``dead`` ``[N]`` is True as dead for good, and ask the Alrao
+        optimizer to zero and freeze them at its next step (masks accumulate until then)."""
+        dead = dead.detach().to(device=self.dead.device, dtype=torch.bool)
+        self.dead |= dead
+        self.any_dead = bool(self.dead.any())
+        self._to_freeze = dead if self._to_freeze is None else self._to_freeze | dead
 
     def take_dead(self) -> Tensor | None:
         """The heads marked dead since the last call (None if none), and forget them."""
-        dead = self._dead
+        dead = self._to_freeze
         if dead is not None:
-            self._dead = None
+            self._to_freeze = None
         return dead
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Models saved before dead heads existed have no "dead" buffer: none of their heads is.
+        state_dict.setdefault(prefix + "dead", torch.zeros_like(self.dead))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.any_dead = bool(self.dead.any())
 
     def forward(self, z: Tensor) -> Tensor:
         """Every head on ``z`` ``[..., in]``, by one matmul: ``[..., N, out]`` (heads second to last,

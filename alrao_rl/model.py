@@ -229,8 +229,8 @@ class AlraoModel(nn.Module):
 
         Its backward gives the body the gradient of the mixture negative log-likelihood and each
         head the gradient of its own loss on the body's output held fixed (Algorithm 1). Heads
-        left out of it (non-finite outputs or likelihood) are marked dead for the optimizer (see
-        :class:`alrao_rl.heads.AlraoHeads`), unless every head is: then the body is to blame.
+        left out of it (non-finite outputs or likelihood) are marked dead for good (see
+        :class:`alrao_rl.AlraoHeads`), unless every head is: then the body is to blame.
 
         :param out: this model's output (possibly ``out.gather(actions)``).
         :param target: class indices ``[*lead]`` (classification), or values shaped like
@@ -247,8 +247,11 @@ class AlraoModel(nn.Module):
             out.features, self.heads.weight, self.heads.bias, out.values, out.index, target,
             out.log_weights, out.finite, self.task, variance,
         )
+        heads = self.heads
         if usable is not None and bool(usable.any()):  # some heads diverged for good, not all
-            self.heads.mark_dead(~usable)
+            heads.mark_dead(~usable)
+        if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
+            head_ll = head_ll.masked_fill(heads.dead, -math.inf)
         return loss, head_ll
 
     def predict(self, x: Tensor, switch: Switch | None = None) -> Tensor:

@@ -288,13 +288,22 @@ def test_a_head_whose_likelihood_overflows_is_zeroed_and_frozen(cls: type) -> No
     buffers = ["momentum_buffer"] if cls is AlraoSGD else ["exp_avg", "exp_avg_sq"]
     assert all(torch.all(state_w[k][2] == 0) for k in buffers)
     assert opt.frozen_units() == 2  # the head's weight row-block and its bias
-    # from now on the head outputs 0, its likelihood is finite and it never moves again
+    # from now on it outputs 0 and never moves again, and the switch keeps it at weight 0
+    assert model.heads.dead.tolist() == [False, False, True, False]
     for seed in range(2, 5):
         head_ll = _alrao_step(model, opt, seed)
-        assert torch.isfinite(head_ll).all()
+        assert head_ll[2] == -math.inf and torch.isfinite(head_ll[[0, 1, 3]]).all()
+        assert model.switch.filtered_posterior[2] == 0
     assert torch.all(model.heads.weight[2] == 0) and torch.all(model.heads.bias[2] == 0)
     out = model(torch.randn(4, 2))
     assert out.finite is None and torch.isfinite(out.prediction).all()
+    # dead heads are saved with the model; a model saved before they existed loads with none
+    twin = _regression_model()
+    twin.load_state_dict(model.state_dict())
+    assert twin.heads.dead.tolist() == [False, False, True, False] and twin.heads.any_dead
+    old_format = {k: v for k, v in model.state_dict().items() if k != "heads.dead"}
+    twin.load_state_dict(old_format)
+    assert not twin.heads.dead.any() and not twin.heads.any_dead
 
 
 @pytest.mark.filterwarnings("ignore:Switch.update:RuntimeWarning")
