@@ -84,9 +84,9 @@ class AlraoHeads(nn.Module):
         so the ``[N*out]`` columns of the matmul are the heads' outputs without a copy)."""
         if z.shape[-1] != self.in_features:
             raise ValueError(f"body output has {z.shape[-1]} features, the heads expect {self.in_features}")
-        n, out = self.n_heads, self.out_features
+        n, out, bias = self.n_heads, self.out_features, self.bias
         flat_w = self.weight.view(n * out, self.in_features)
-        y = nn.functional.linear(z, flat_w, None if self.bias is None else self.bias.view(n * out))
+        y = nn.functional.linear(z, flat_w, None if bias is None else bias.view(n * out))
         return y.view(*z.shape[:-1], n, out)
 
     def extra_repr(self) -> str:

@@ -241,13 +241,13 @@ class AlraoModel(nn.Module):
         """
         if not isinstance(out, AlraoOutput):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
-        if out.features.shape[-1] != self.heads.in_features:
+        heads = self.heads
+        if out.features.shape[-1] != heads.in_features:
             raise ValueError("out does not come from this model's forward")
         loss, head_ll, usable = alrao_loss_and_usable(
-            out.features, self.heads.weight, self.heads.bias, out.values, out.index, target,
+            out.features, heads.weight, heads.bias, out.values, out.index, target,
             out.log_weights, out.finite, self.task, variance,
         )
-        heads = self.heads
         if usable is not None and bool(usable.any()):  # some heads diverged for good, not all
             heads.mark_dead(~usable)
         if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
@@ -270,13 +270,14 @@ class AlraoModel(nn.Module):
             with torch.no_grad():
                 return self.predict(x, switch)
         z = self.body(x)
-        if self.task == "regression" and z.shape[-1] == self.heads.in_features:
-            heads = self.heads
+        heads = self.heads
+        if self.task == "regression" and z.shape[-1] == heads.in_features:
             source = self.switch if switch is None else switch
             _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
             a = a.view(1, -1)
-            weight = a.mm(heads.weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
-            mean = nn.functional.linear(z, weight, None if heads.bias is None else a.mm(heads.bias).view(-1))
+            weight, bias = heads.weight, heads.bias
+            weight = a.mm(weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
+            mean = nn.functional.linear(z, weight, None if bias is None else a.mm(bias).view(-1))
             if math.isfinite(float(mean.sum())):
                 return mean
         return self.output(z, switch=switch).prediction

@@ -95,10 +95,10 @@ class _AlraoOptimizer(torch.optim.Optimizer):
     def _rates(self, params: list[Tensor]) -> list[Tensor]:
         return [self.state[p][_RATE] for p in params]
 
-    @torch.no_grad()
     def _guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]], buffer_keys: tuple[str, ...]) -> None:
         """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
-        and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead."""
+        and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead (called by
+        ``step``, under no_grad)."""
         params: list[Tensor] = []
         limits: list[float] = []
         for group, ps in updated:
@@ -136,11 +136,15 @@ class _AlraoOptimizer(torch.optim.Optimizer):
                 state[key].masked_fill_(mask, 0.0)
 
     def _grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Alrao optimizers do not support sparse gradients")
-        return params, [p.grad for p in params]
+        params, grads = [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is not None:
+                if grad.is_sparse:
+                    raise RuntimeError("Alrao optimizers do not support sparse gradients")
+                params.append(p)
+                grads.append(grad)
+        return params, grads
 
 
 class AlraoSGD(_AlraoOptimizer):
