@@ -120,7 +120,7 @@ class Switch(nn.Module):
             )
         # Plain Python floats (float64): for N ~ 10 models, ~40 scalar operations cost less than
         # the ~15 numpy or torch calls of a vectorized version.
-        ll = log_likelihoods.detach().tolist()
+        ll = log_likelihoods.tolist()
         if not math.isfinite(sum(ll)):  # some are NaN or +-inf
             ll = [x if math.isfinite(x) else -math.inf for x in ll]
         # Shifting every log-likelihood by the same constant leaves the posterior unchanged, and
