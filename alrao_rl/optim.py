@@ -106,14 +106,19 @@ class _AlraoOptimizer(torch.optim.Optimizer):
             bound = group["max_weight"]
             limits += [_LARGEST if bound is None else bound] * len(ps)
         # One 2-norm per parameter (much cheaper than the max-norm on CPU). It is finite iff every
-        # weight is, unless it overflows (then the exact check below decides), and it bounds the
-        # largest weight: "norm <= limit" clears a parameter at once.
+        # weight is, unless it overflows, and it bounds the largest weight: "norm <= limit" clears
+        # a parameter at once. The others (trained weights often have a 2-norm above max_weight)
+        # are checked on their largest weight, and only a real offender on every weight.
         norms = torch.stack(torch._foreach_norm(params)).tolist()
-        for p, norm, limit in zip(params, norms, limits, strict=True):
-            if not norm <= limit:  # also true for NaN
-                bad = ~torch.isfinite(p) if limit == _LARGEST else ~(p.abs() <= limit)
-                rate = self.state[p][_RATE]
-                self._freeze(p, bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad, buffer_keys)
+        suspects = [(p, limit) for p, norm, limit in zip(params, norms, limits, strict=True) if not norm <= limit]
+        if suspects:
+            largest = torch.stack(torch._foreach_norm([p for p, _ in suspects], math.inf)).tolist()
+            for (p, limit), top in zip(suspects, largest, strict=True):
+                if not top <= limit:  # also true for NaN
+                    bad = ~torch.isfinite(p) if limit == _LARGEST else ~(p.abs() <= limit)
+                    rate = self.state[p][_RATE]
+                    bad_units = bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad
+                    self._freeze(p, bad_units, buffer_keys)
         for heads in self._heads:
             dead = heads.take_dead()
             if dead is not None:

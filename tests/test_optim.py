@@ -362,3 +362,18 @@ def test_bad_optimizer_arguments_are_refused(cls: type, kwargs: dict, error: typ
 def test_optimizer_refuses_a_parameter_list() -> None:
     with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         AlraoSGD(list(_Net().parameters()))  # type: ignore[arg-type]
+
+
+def test_a_parameter_whose_norm_exceeds_max_weight_but_no_weight_does_is_left_alone() -> None:
+    """The guard's first check is on the 2-norm; the bound is on each weight."""
+    net = _Net()
+    opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1, max_weight=5.0)
+    with torch.no_grad():
+        net.fc.weight.fill_(4.0)  # 2-norm 22.6 > 5, every weight 4 < 5
+        net.fc.weight[5, 2] = -4.9
+    _train(net, opt, range(1))
+    assert opt.frozen_units() == 0 and torch.all(net.fc.weight.abs() > 3.9)
+    with torch.no_grad():
+        net.fc.weight[5, 2] = -5.5
+    _train(net, opt, range(1, 2))
+    assert opt.frozen_units() == 1 and torch.all(net.fc.weight[5] == 0)
