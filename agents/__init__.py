@@ -1,6 +1,7 @@
 """RL agents on the Alrao core: DQN, its replay buffer and checkpoints, and the SB3 adapter."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from alrao_rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
 from .dqn import DQNAgent, DQNConfig, evaluate, train
 from .replay_buffer import ReplayBatch, ReplayBuffer
 

@@ -378,7 +378,7 @@ def _run_rl(spec: RunSpec, logdir: str) -> RunResult:
     import torch
 
     from agents import dqn
-    from agents.checkpoint import load_checkpoint
+    from alrao_rl.checkpoint import load_checkpoint
     from envs import make_env
 
     config = dqn_config(spec)

@@ -51,10 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from alrao_rl import AlraoModel, AlraoSGD
-from alrao_rl.rates import check_interval
-from envs import make_env
-
-from .checkpoint import (
+from alrao_rl.checkpoint import (
     CheckpointError,
     check_compatible,
     load_checkpoint,
@@ -62,6 +59,9 @@ from .checkpoint import (
     stop_requests,
     write_text_atomic,
 )
+from alrao_rl.rates import check_interval
+from envs import make_env
+
 from .replay_buffer import ReplayBuffer, TorchReplayBatch
 
 __all__ = [

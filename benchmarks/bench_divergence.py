@@ -109,7 +109,7 @@ def _patched(owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Call
 
 
 def _checkpoint_has_nan(path: str) -> bool:
-    from agents.checkpoint import load_checkpoint
+    from alrao_rl.checkpoint import load_checkpoint
 
     def walk(value: Any) -> Iterator[Tensor]:
         if isinstance(value, Tensor):

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
     summary as one JSON line."""
     import torch.multiprocessing as mp
 
-    from agents.checkpoint import CheckpointError
+    from alrao_rl.checkpoint import CheckpointError
     from alrao_rl.supervised.distributed import close_process_group, context_from_env
     from alrao_rl.supervised.train import check_data, spawn_train_classifier, train_classifier
 

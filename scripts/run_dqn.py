@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from agents.checkpoint import CheckpointError
     from agents.dqn import DQNConfig, train
+    from alrao_rl.checkpoint import CheckpointError
     from envs import make_env
 
     method = args.optimizer or "alrao"

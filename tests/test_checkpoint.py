@@ -1,4 +1,4 @@
-"""Tests for agents.checkpoint: atomic writes, weights-only loading, format marker, config checks."""
+"""Tests for alrao_rl.checkpoint: atomic writes, weights-only loading, format marker, config checks."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents import checkpoint as ckpt_mod
-from agents.checkpoint import (
+from agents.replay_buffer import ReplayBuffer
+from alrao_rl import checkpoint as ckpt_mod
+from alrao_rl.checkpoint import (
     FORMAT,
     META_KEY,
     CheckpointError,
@@ -23,7 +24,6 @@ from agents.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from agents.replay_buffer import ReplayBuffer
 
 
 def _assert_nested_equal(a: Any, b: Any) -> None:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from agents.checkpoint import load_checkpoint
 from agents.dqn import DQNAgent, DQNConfig, linear_schedule, soft_update, td_target, train
 from agents.replay_buffer import TorchReplayBatch
+from alrao_rl.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import torch
 
-from agents import checkpoint as ckpt_mod
-from agents.checkpoint import FORMAT, META_KEY, load_checkpoint, save_checkpoint
 from agents.dqn import DQNConfig, train
+from alrao_rl import checkpoint as ckpt_mod
+from alrao_rl.checkpoint import FORMAT, META_KEY, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -377,7 +377,7 @@ ENOSPC_CONFIG = {
 
 
 class _FullDisk:
-    """``torch.save`` as seen by agents.checkpoint: the first ``good`` saves work; the next one writes half of
+    """``torch.save`` as seen by alrao_rl.checkpoint: the first ``good`` saves work; the next one writes half of
     its bytes, then fails with ENOSPC. Keeps the checkpoint that was on disk just before the failure."""
 
     def __init__(self, real_save: Callable[..., None], ckpt: Path, good: int) -> None:

@@ -418,8 +418,8 @@ def _same(a: Tensor, b: Tensor) -> bool:
 def test_alrao_dqn_with_eta_max_1e4_keeps_loss_switch_output_and_checkpoint_finite(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from agents.checkpoint import load_checkpoint
     from agents.dqn import DQNAgent, DQNConfig, train
+    from alrao_rl.checkpoint import load_checkpoint
 
     config = DQNConfig(
         env="CartPole-v1", eta_max=1e4, total_steps=1500, learning_starts=100, eval_every=500, eval_episodes=2,

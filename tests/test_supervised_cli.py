@@ -80,7 +80,7 @@ def test_cifar_baselines_have_one_output_layer(
                 "--logdir", str(logdir)])
     summary = _check_outputs(logdir, 1, capsys.readouterr().out)
     assert (summary["method"], summary["lr"], summary["heads"], summary["eta_min"]) == (method, lr, 1, None)
-    from agents.checkpoint import load_checkpoint
+    from alrao_rl.checkpoint import load_checkpoint
 
     assert "model.head.weight" in load_checkpoint(logdir / "checkpoint.pt")["net"]
 

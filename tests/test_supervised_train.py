@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.checkpoint import CheckpointError, load_checkpoint
+from alrao_rl.checkpoint import CheckpointError, load_checkpoint
 from alrao_rl.supervised import train as train_module
 from alrao_rl.supervised.distributed import DistContext
 from alrao_rl.supervised.train import (
@@ -320,7 +320,7 @@ def test_a_stop_request_ends_the_epoch_saves_a_checkpoint_and_resume_finishes(
 ) -> None:
     import contextlib
 
-    import agents.checkpoint
+    import alrao_rl.supervised.train
 
     @contextlib.contextmanager
     def stop_now(what: str) -> Any:
@@ -328,7 +328,7 @@ def test_a_stop_request_ends_the_epoch_saves_a_checkpoint_and_resume_finishes(
 
     data = prepare_ptb(*ptb_files, level="char")
     with monkeypatch.context() as patch:
-        patch.setattr(agents.checkpoint, "stop_requests", stop_now)
+        patch.setattr(alrao_rl.supervised.train, "stop_requests", stop_now)
         assert train_classifier(_tiny_ptb_config(epochs=3), data, tmp_path, progress=False) is None
     assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["epoch"] == 1
     assert not (tmp_path / "summary.json").exists() and len(_read_evals(tmp_path / "evals.csv")) == 2

@@ -52,6 +52,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from alrao_rl import AlraoModel, AlraoOutput, AlraoSGD
+from alrao_rl.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requests,
+    write_text_atomic,
+)
 from alrao_rl.rates import check_interval
 from alrao_rl.supervised.cifar import CifarBatches, channel_stats, load_cifar10, normalize, split_train_valid
 from alrao_rl.supervised.distributed import (
@@ -590,7 +598,6 @@ def _write_evals(path: str, rows: list[list[float]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EVALS_COLUMNS)
     writer.writerows([[int(r[0]), *r[1:]] for r in rows])
-    from agents.checkpoint import write_text_atomic
 
     write_text_atomic(path, buffer.getvalue())
 
@@ -620,10 +627,9 @@ def load_resumable(config: TrainConfig, logdir: str | os.PathLike[str] | None, w
     :param logdir: the run's folder.
     :param world_size: number of processes of the run that resumes.
     :raises FileNotFoundError: when there is no ``checkpoint.pt``.
-    :raises agents.checkpoint.CheckpointError: for an unreadable checkpoint, another configuration
+    :raises alrao_rl.checkpoint.CheckpointError: for an unreadable checkpoint, another configuration
         (:data:`COMPATIBLE_KEYS`) or another number of processes.
     """
-    from agents.checkpoint import CheckpointError, check_compatible, load_checkpoint
 
     path = os.path.join(os.fspath(logdir), "checkpoint.pt") if logdir is not None else None
     if path is None or not os.path.exists(path):
@@ -664,7 +670,7 @@ def train_classifier(
     :return: the summary (keys :data:`SUMMARY_KEYS`, also written to ``logdir/summary.json``), or None
         when a signal stopped the run early (a checkpoint is saved; continue with ``resume=True``).
     :raises FileNotFoundError: ``resume`` without a checkpoint.
-    :raises agents.checkpoint.CheckpointError: a checkpoint from another configuration
+    :raises alrao_rl.checkpoint.CheckpointError: a checkpoint from another configuration
         (see :func:`load_resumable`).
 
     The global torch RNG is reseeded (from ``config.seed``) to build the network and at every epoch.
@@ -672,7 +678,6 @@ def train_classifier(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from agents.checkpoint import load_checkpoint, save_checkpoint, stop_requests, write_text_atomic
 
     if ctx is None:
         from alrao_rl.supervised.distributed import resolve_device
@@ -858,7 +863,6 @@ def spawn_train_classifier(
     logdir = os.fspath(logdir)
     summary_path = os.path.join(logdir, "summary.json")
     before = os.stat(summary_path).st_mtime_ns if os.path.exists(summary_path) else None
-    from agents.checkpoint import stop_requests
 
     with stop_requests("epoch"):  # the parent ignores a first signal: the workers stop at the epoch's end
         spawn(_spawned_worker, nproc, (config, data, logdir, resume, progress), device=config.device)
