@@ -224,6 +224,8 @@ def _spawned(rank: int, fn: Callable[..., Any], world_size: int, init_method: st
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         fn(ctx, *args)
+        if ctx.distributed:  # no rank tears the group down while another one still talks to it
+            dist.barrier()
     finally:
         close_process_group()
 
