@@ -61,6 +61,23 @@ def _lstm_run(ctx: DistContext) -> dict[str, Any]:
     return _result(net, optimizer)
 
 
+def _dead_head_run(ctx: DistContext) -> dict[str, Any]:
+    """Head 1's logits overflow on the second half of the batch only (rank 1's shard with 2 ranks)."""
+    config = TrainConfig(task="cifar", method="alrao", eta_min=1e-3, eta_max=0.3, heads=4, seed=3)
+    torch.manual_seed(0)
+    net = SupervisedNet(nn.Identity(), nn.Linear(4, 3), "alrao", heads=4)
+    with torch.no_grad():
+        net.model.heads.weight[1, :, 0] = 1e37  # finite, but times 100 it is inf
+    optimizer = make_optimizer(net, config)
+    runner = wrap_ddp(net, ctx)
+    x = torch.zeros(4, 4)
+    x[:2, 0], x[2:, 0] = 1e-3, 100.0
+    y = torch.tensor([0, 1, 2, 0])
+    a, b = shard_bounds(4, ctx)
+    train_step(net, optimizer, x[a:b], y[a:b], runner=runner, ctx=ctx)
+    return _result(net, optimizer)
+
+
 def _result(net: SupervisedNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {
         "params": {k: v.detach().clone() for k, v in net.named_parameters()},
@@ -73,7 +90,8 @@ def _worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     ctx = init_process_group(rank, world_size, init_method, device="cpu")
     try:
-        torch.save({"mlp": _mlp_run(ctx), "lstm": _lstm_run(ctx)}, Path(out_dir) / f"rank{rank}.pt")
+        runs = {"mlp": _mlp_run(ctx), "lstm": _lstm_run(ctx), "dead": _dead_head_run(ctx)}
+        torch.save(runs, Path(out_dir) / f"rank{rank}.pt")
     finally:
         close_process_group()
 
@@ -90,6 +108,15 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 def one_process() -> dict[str, Any]:
     torch.set_num_threads(1)
     return {"mlp": _mlp_run(DistContext()), "lstm": _lstm_run(DistContext())}
+
+
+def test_a_head_dead_on_one_rank_only_keeps_the_ranks_weights_identical(two_ranks: list[dict[str, Any]]) -> None:
+    """Rank 1 alone sees head 1 overflow: it is left out of the loss there, not zeroed there only."""
+    a, b = two_ranks[0]["dead"], two_ranks[1]["dead"]
+    for name in a["params"]:
+        assert torch.equal(a["params"][name], b["params"][name]), name
+    assert torch.all(a["params"]["model.heads.weight"][1, :, 0] > 1e36)  # not frozen at 0
+    assert torch.equal(a["posterior"], b["posterior"])
 
 
 @pytest.mark.parametrize("case", ["mlp", "lstm"])

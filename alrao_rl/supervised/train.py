@@ -551,6 +551,10 @@ def train_step(
     ctx = ctx or DistContext(device=x.device)
     out, hidden = (runner or net)(x, hidden)
     loss, head_ll = net.loss(out, y)
+    if net.alrao and ctx.distributed:
+        # A head found dead on this rank's shard alone must not be zeroed here only (the ranks'
+        # weights would part): under DDP a dead head is left out of the loss, not frozen.
+        net.model.heads.take_dead()  # type: ignore[union-attr]
     optimizer.zero_grad(set_to_none=True)
     (loss if weight == 1.0 else loss * weight).backward()
     optimizer.step()
