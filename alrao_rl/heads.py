@@ -36,6 +36,8 @@ class AlraoHeads(nn.Module):
     and the Alrao optimizers zero and freeze it at their next step, like a runaway body unit (rate,
     weights and buffers set to 0): no later step pays for its overflowing outputs, and where it
     still has weight (the predictive posterior's floor) it predicts 0, not 1e19.
+    (Under DDP the supervised trainer only leaves such a head out: a head dead on one rank's shard
+    must not be zeroed on that rank alone.)
     """
 
     def __init__(self, head: nn.Linear, n_heads: int) -> None:

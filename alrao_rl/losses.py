@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-__all__ = ["TASKS", "Task", "alrao_loss", "alrao_loss_and_usable"]
+__all__ = ["TASKS", "Task", "alrao_loss"]
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -199,11 +199,11 @@ def alrao_loss(
         minibatch-mean log-likelihoods for :meth:`alrao_rl.Switch.update`.
     """
     args = (z, weight, bias, values, index, target, log_weights, finite, task, variance)
-    loss, head_ll, _ = alrao_loss_and_usable(*args)
+    loss, head_ll, _ = _alrao_loss(*args)
     return loss, head_ll
 
 
-def alrao_loss_and_usable(
+def _alrao_loss(
     z: Tensor,
     weight: Tensor,
     bias: Tensor | None,

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .heads import AlraoHeads
-from .losses import TASKS, Task, alrao_loss_and_usable
+from .losses import TASKS, Task, _alrao_loss
 from .switch import Switch
 
 __all__ = ["AlraoModel", "AlraoOutput", "Averaging"]
@@ -48,11 +47,9 @@ class AlraoOutput:
     :param features: the body's output ``z`` (differentiable) the heads were computed from.
     :param index: the output selected per sample by :meth:`gather`, or None.
     :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
-    :param mixing: regression: a function giving the ``[N*out, out]`` matrix ``a ⊗ I`` for
-        ``weights`` (cached by the model), so that the mixture mean is one matrix product.
     """
 
-    __slots__ = ("features", "finite", "index", "log_weights", "mixing", "task", "values", "weights")
+    __slots__ = ("features", "finite", "index", "log_weights", "task", "values", "weights")
 
     def __init__(
         self,
@@ -63,7 +60,6 @@ class AlraoOutput:
         features: Tensor,
         index: Tensor | None = None,
         weights: Tensor | None = None,
-        mixing: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.values = values
         self.log_weights = log_weights
@@ -72,7 +68,6 @@ class AlraoOutput:
         self.features = features
         self.index = index
         self.weights = weights
-        self.mixing = mixing
 
     @property
     def heads(self) -> Tensor:
@@ -94,9 +89,6 @@ class AlraoOutput:
         if self.task == "classification":
             return torch.logsumexp(torch.log_softmax(values, dim=-1) + self.log_weights.unsqueeze(1), dim=head_dim)
         # sum_j a_j mu_j as one matmul; a_j = 0 for a head left out, whose outputs are finite here
-        if self.mixing is not None and self.weights is not None and self.finite is None and self.index is None:
-            mixing = self.mixing(self.weights)
-            return (values.reshape(-1, mixing.shape[0]) @ mixing).view(*values.shape[:-2], mixing.shape[1])
         a = self.log_weights.exp() if self.weights is None else self.weights
         return values @ a if self.index is not None else torch.matmul(a, values)
 
@@ -167,7 +159,6 @@ class AlraoModel(nn.Module):
         self.switch = Switch(n_heads, theta=theta)
         self.task: Task = task
         self.averaging: Averaging = averaging
-        self._mixing_cache: tuple[Tensor, Tensor] | None = None
 
     @property
     def n_heads(self) -> int:
@@ -213,16 +204,7 @@ class AlraoModel(nn.Module):
                 )
             lw = torch.where(finite, lw, -math.inf)
             lw, a = lw - torch.logsumexp(lw, dim=0), None
-        return AlraoOutput(values, lw, finite, self.task, z, weights=a, mixing=self._mixing)
-
-    def _mixing(self, a: Tensor) -> Tensor:
-        """``a ⊗ I_out`` ``[N*out, out]`` for the switch's cached weights ``a`` (cached with them)."""
-        cached = self._mixing_cache
-        if cached is None or cached[0] is not a:  # holding ``a`` keeps its identity unique
-            n_out = self.heads.out_features
-            eye = torch.eye(n_out, dtype=a.dtype, device=a.device)
-            cached = self._mixing_cache = (a, (a.view(-1, 1, 1) * eye).view(-1, n_out))  # [N*out, out]
-        return cached[1]
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a)
 
     def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
@@ -244,7 +226,7 @@ class AlraoModel(nn.Module):
         heads = self.heads
         if out.features.shape[-1] != heads.in_features:
             raise ValueError("out does not come from this model's forward")
-        loss, head_ll, usable = alrao_loss_and_usable(
+        loss, head_ll, usable = _alrao_loss(
             out.features, heads.weight, heads.bias, out.values, out.index, target,
             out.log_weights, out.finite, self.task, variance,
         )
