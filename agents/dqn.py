@@ -478,7 +478,6 @@ def train(
 
     session_start = time.perf_counter()
     previous_seconds = state.wall_seconds
-    start_step = state.step
     episode_return = 0.0
     last_checkpoint = state.step
     bar = tqdm(
@@ -548,7 +547,7 @@ def train(
         logger.warning("stopped at step %d; continue with --resume", state.step)
     elif ckpt_path is not None:
         checkpoint()
-    sps = (state.step - start_step) / max(session_seconds, 1e-9)
+    sps = state.step / max(state.wall_seconds, 1e-9)  # over every session of the run (resumed or not)
     summary = _summary(config, state, sps, interrupted, agent.td_variance)
     if logdir is not None:
         rows = io.StringIO()

@@ -125,6 +125,14 @@ def test_train_writes_evals_summary_and_tensorboard(tmp_path: Path, method: str,
     assert (tmp_path / "checkpoint.pt").exists()
 
 
+def test_resuming_a_finished_run_keeps_its_results_and_speed(tmp_path: Path) -> None:
+    first = train(DQNConfig(**TINY), str(tmp_path), progress=False)
+    again = train(DQNConfig(**TINY), str(tmp_path), resume=True, progress=False)
+    assert again["final_eval_return_mean"] == first["final_eval_return_mean"]
+    assert again["steps_per_second"] == pytest.approx(first["steps_per_second"], rel=0.05)
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(again))
+
+
 def test_same_seed_same_run() -> None:
     a = train(DQNConfig(**TINY), None, progress=False)
     b = train(DQNConfig(**TINY), None, progress=False)
