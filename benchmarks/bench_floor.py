@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from bench_step import CASES, Case, _alrao_step, _sgd_step
+from bench_step import CASES, Case, _alrao_step, _sgd_step, interleaved_times
 from torch import Tensor, nn
 
 from alrao_rl import AlraoModel, AlraoSGD
@@ -92,16 +91,7 @@ def measure(case: Case, rounds: int, steps: int) -> dict[str, float]:
         "floor": lambda: floor(batch),
         "alrao": lambda: _alrao_step(full, alrao, batch),
     }
-    for run in runs.values():
-        for _ in range(3):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run()
-            times[name].append((time.perf_counter() - start) / steps)
+    times = interleaved_times(runs, rounds, steps)
     result = {name: statistics.median(values) for name, values in times.items()}
     for name in ("floor", "alrao"):
         result[f"{name}/sgd"] = statistics.median(a / b for a, b in zip(times[name], times["sgd"], strict=True))

@@ -117,28 +117,33 @@ def _alrao_step(model: AlraoModel, opt: AlraoSGD, batch: tuple) -> None:
     model.switch.update(head_ll)
 
 
+def interleaved_times(
+    runs: dict[str, Callable[[], None]], rounds: int, steps: int, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per step of each run, one value per round: the runs are timed in turn in ``rounds``
+    rounds of ``steps`` steps each (so machine noise hits them alike)."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
 def interleaved_ratio(
     sgd_step: Callable[[], None], alrao_step: Callable[[], None], rounds: int, steps: int, warmup: int = 3
 ) -> tuple[float, float, float]:
-    """Median SGD step time, median Alrao step time and median ratio, timing the two alternately in
-    ``rounds`` rounds of ``steps`` steps each (so machine noise hits both alike)."""
-
-    def timed(fn: Callable[[], None]) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        return (time.perf_counter() - start) / steps
-
-    for _ in range(warmup):
-        sgd_step()
-        alrao_step()
-    ratios, t_sgd, t_alrao = [], [], []
-    for _ in range(rounds):
-        a, b = timed(sgd_step), timed(alrao_step)
-        t_sgd.append(a)
-        t_alrao.append(b)
-        ratios.append(b / a)
-    return statistics.median(t_sgd), statistics.median(t_alrao), statistics.median(ratios)
+    """Median SGD step time, median Alrao step time and median ratio over the rounds of
+    :func:`interleaved_times`."""
+    times = interleaved_times({"sgd": sgd_step, "alrao": alrao_step}, rounds, steps, warmup)
+    sgd, alrao = times["sgd"], times["alrao"]
+    ratio = statistics.median(b / a for a, b in zip(sgd, alrao, strict=True))
+    return statistics.median(sgd), statistics.median(alrao), ratio
 
 
 def run_case(case: Case, rounds: int, steps: int) -> tuple[float, float, float]:
