@@ -5,7 +5,9 @@ from .losses import alrao_loss
 from .model import AlraoModel, AlraoOutput
 from .optim import AlraoAdam, AlraoSGD
 from .rates import log_spaced, log_uniform, register_unit_rule, sample_unit_rates
+from .step import AlraoStep, StepResult
 from .switch import Switch
+from .variance import RunningVariance
 
 __all__ = [
     "AlraoAdam",
@@ -13,6 +15,9 @@ __all__ = [
     "AlraoModel",
     "AlraoOutput",
     "AlraoSGD",
+    "AlraoStep",
+    "RunningVariance",
+    "StepResult",
     "Switch",
     "alrao_loss",
     "log_spaced",

@@ -47,6 +47,7 @@ def reference_alrao_step(
     y: Tensor,
     task: str,
     variance: float = 1.0,
+    head_step: str = "plain",
 ) -> Tensor:
     """One plain-SGD Alrao step (Algorithm 1, lines 10-16), in place; returns ``ll_j`` ``[N]``.
 
@@ -56,6 +57,9 @@ def reference_alrao_step(
     * line 15: ``theta_j <- theta_j - eta_j grad l(C_j(z), y)`` with ``z = phi(x)`` fixed, one
       backward per head;
     * the switch's input (line 17): ``ll_j = mean_b log p_j(y_b)``.
+
+    ``head_step="normalized"`` divides line 15's gradient by ``tr F``, the trace of the heads' input
+    Gram matrix ``F = (1/M) sum_b [z_b, 1][z_b, 1]^T`` divided by ``variance`` (regression).
     """
     z = body(x)
     # line 12: the body's gradient of the mixture negative log-likelihood.
@@ -71,12 +75,21 @@ def reference_alrao_step(
         ll = reference_head_log_likelihood(h(z_fixed), y, task, variance)
         lls.append(ll.mean())
         head_grads.append(torch.autograd.grad(-ll.mean(), list(h.parameters())))
+    scale = 1.0
+    if head_step == "normalized":
+        z_tilde = torch.cat([z_fixed.reshape(-1, z_fixed.shape[-1]), torch.ones(len(y), 1, dtype=z_fixed.dtype)], 1)
+        if heads[0].bias is None:
+            z_tilde = z_tilde[:, :-1]
+        fisher = z_tilde.T @ z_tilde / len(z_tilde)
+        if task == "regression":
+            fisher = fisher / variance
+        scale = 1.0 / float(torch.trace(fisher))
     with torch.no_grad():
         for (name, p), g in zip(body_params.items(), grads, strict=True):
             p -= (body_rates[name].double() * g.double()).to(p.dtype)
         for eta_j, h, gs in zip(head_rates.tolist(), heads, head_grads, strict=True):
             for p, g in zip(h.parameters(), gs, strict=True):
-                p -= eta_j * g
+                p -= eta_j * scale * g
     return torch.stack(lls).detach()
 
 

@@ -38,9 +38,20 @@ class AlraoHeads(nn.Module):
     still has weight (the predictive posterior's floor) it predicts 0, not 1e19.
     (Under DDP the supervised trainer only leaves such a head out: a head dead on one rank's shard
     must not be zeroed on that rank alone.)
+
+    **Dead features.** A feature of the body's output that is not finite (a body unit overflowed)
+    is the body's fault, not the heads': it is marked in the buffer ``dead_features`` ``[in]`` and
+    from then on replaced by 0 before the heads, so it neither poisons the heads' outputs nor gets a
+    gradient (the body unit that computes it no longer learns).
+
+    **Members.** With ``members=P`` the layer holds ``P`` independent copies of the ``N`` heads
+    (``weight [P, N, out, in]``, ``dead [P, N]``, ``dead_features [P, in]``), one per member of a
+    population of runs trained together; its input then has a leading member dimension.
+
+    :param members: None, or the number ``P`` of members.
     """
 
-    def __init__(self, head: nn.Linear, n_heads: int) -> None:
+    def __init__(self, head: nn.Linear, n_heads: int, members: int | None = None) -> None:
         super().__init__()
         if not isinstance(head, nn.Linear):
             raise TypeError(f"head must be an nn.Linear, got {type(head).__name__}")
@@ -48,25 +59,46 @@ class AlraoHeads(nn.Module):
             raise TypeError(f"n_heads must be an int, got {type(n_heads).__name__} ({n_heads!r})")
         if n_heads < 1:
             raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
+            raise ValueError(f"members must be None or an int >= 1, got {members!r}")
         self.n_heads = n_heads
+        self.members = members
         self.in_features = head.in_features
         self.out_features = head.out_features
-        self.weight = nn.Parameter(head.weight.detach().unsqueeze(0).repeat(n_heads, 1, 1))
+        copies = (n_heads,) if members is None else (members, n_heads)
+        self.weight = nn.Parameter(head.weight.detach().expand(*copies, -1, -1).clone())
         if head.bias is not None:
-            self.bias = nn.Parameter(head.bias.detach().unsqueeze(0).repeat(n_heads, 1))
+            self.bias = nn.Parameter(head.bias.detach().expand(*copies, -1).clone())
         else:
             self.register_parameter("bias", None)
-        self.register_buffer("dead", torch.zeros(n_heads, dtype=torch.bool))
+        lead = copies[:-1]
+        self.register_buffer("dead", torch.zeros(copies, dtype=torch.bool))
+        self.register_buffer("dead_features", torch.zeros(*lead, head.in_features, dtype=torch.bool))
         self.any_dead = False  # bool(dead.any()), kept without a sync per step
+        self.any_dead_feature = False  # bool(dead_features.any())
         self._to_freeze: Tensor | None = None
 
     def mark_dead(self, dead: Tensor) -> None:
-        """Mark the heads where ``dead`` ``[N]`` is True as dead for good, and ask the Alrao
-        optimizer to zero and freeze them at its next step (masks accumulate until then)."""
+        """Mark the heads where ``dead`` ``[N]`` (``[P, N]``) is True as dead for good, and ask the
+        Alrao optimizer to zero and freeze them at its next step (masks accumulate until then)."""
         dead = dead.detach().to(device=self.dead.device, dtype=torch.bool)
         self.dead |= dead
         self.any_dead = bool(self.dead.any())
         self._to_freeze = dead if self._to_freeze is None else self._to_freeze | dead
+
+    def mark_dead_features(self, dead: Tensor) -> None:
+        """Mark the input features where ``dead`` ``[in]`` (``[P, in]``) is True as dead for good."""
+        self.dead_features |= dead.detach().to(device=self.dead_features.device, dtype=torch.bool)
+        self.any_dead_feature = bool(self.dead_features.any())
+
+    def mask_features(self, z: Tensor) -> Tensor:
+        """``z`` with the dead features replaced by 0 (``z`` itself when none is dead)."""
+        if not self.any_dead_feature:
+            return z
+        dead = self.dead_features
+        if self.members is not None:
+            dead = dead.view(dead.shape[0], *([1] * (z.dim() - 2)), dead.shape[1])
+        return z.masked_fill(dead, 0.0)
 
     def take_dead(self) -> Tensor | None:
         """The heads marked dead since the last call (None if none), and forget them."""
@@ -76,34 +108,50 @@ class AlraoHeads(nn.Module):
         return dead
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Models saved before dead heads existed have no "dead" buffer: none of their heads is.
+        # Models saved before dead heads (or features) existed lack their buffer: none is dead.
         state_dict.setdefault(prefix + "dead", torch.zeros_like(self.dead))
+        state_dict.setdefault(prefix + "dead_features", torch.zeros_like(self.dead_features))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.any_dead = bool(self.dead.any())
+        self.any_dead_feature = bool(self.dead_features.any())
 
     def forward(self, z: Tensor) -> Tensor:
         """Every head on ``z`` ``[..., in]``, by one matmul: ``[..., N, out]`` (heads second to last,
-        so the ``[N*out]`` columns of the matmul are the heads' outputs without a copy)."""
+        so the ``[N*out]`` columns of the matmul are the heads' outputs without a copy). With
+        members, ``z`` is ``[P, ..., in]`` and the result ``[P, ..., N, out]``. Dead features are
+        not masked here (see :meth:`mask_features`)."""
         if z.shape[-1] != self.in_features:
             raise ValueError(f"body output has {z.shape[-1]} features, the heads expect {self.in_features}")
         n, out, bias = self.n_heads, self.out_features, self.bias
-        flat_w = self.weight.view(n * out, self.in_features)
-        y = nn.functional.linear(z, flat_w, None if bias is None else bias.view(n * out))
+        if self.members is None:
+            flat_w = self.weight.view(n * out, self.in_features)
+            y = nn.functional.linear(z, flat_w, None if bias is None else bias.view(n * out))
+            return y.view(*z.shape[:-1], n, out)
+        p = self.members
+        if z.shape[0] != p:
+            raise ValueError(f"body output has {z.shape[0]} members, the heads expect {p}")
+        z3 = z.reshape(p, -1, self.in_features)
+        w3 = self.weight.view(p, n * out, self.in_features).transpose(1, 2)
+        y = torch.bmm(z3, w3) if bias is None else torch.baddbmm(bias.view(p, 1, n * out), z3, w3)
         return y.view(*z.shape[:-1], n, out)
 
     def extra_repr(self) -> str:
+        members = "" if self.members is None else f", members={self.members}"
         return (
             f"n_heads={self.n_heads}, in_features={self.in_features}, "
-            f"out_features={self.out_features}, bias={self.bias is not None}"
+            f"out_features={self.out_features}, bias={self.bias is not None}{members}"
         )
 
 
 def _heads_rule(module: nn.Module, sample: RateSampler) -> dict[str, Tensor]:
-    """Head ``j`` (all of its weights and biases) gets the log-spaced rate ``eta_j``."""
+    """Head ``j`` (all of its weights and biases) gets the log-spaced rate ``eta_j``; with members,
+    each member has its own copy (so that one member's head can be frozen alone)."""
     rate = sample.spaced(module.n_heads)
-    rates = {"weight": rate.view(-1, 1, 1)}
+    if module.members is not None:
+        rate = rate.expand(module.members, -1).clone()
+    rates = {"weight": rate[..., None, None]}
     if module.bias is not None:
-        rates["bias"] = rate.view(-1, 1)
+        rates["bias"] = rate[..., None]
     return rates
 
 

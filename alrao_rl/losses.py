@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-__all__ = ["TASKS", "Task", "alrao_loss"]
+__all__ = ["TASKS", "Task", "alrao_loss", "check_target", "curvature_trace"]
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[str, ...] = ("classification", "regression")
@@ -67,6 +67,7 @@ class _AlraoLoss(torch.autograd.Function):
         finite: Tensor | None,
         task: str,
         variance: float,
+        head_scale: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         n_heads, n_out, n_in = weight.shape
         m = z.numel() // n_in  # samples
@@ -107,7 +108,7 @@ class _AlraoLoss(torch.autograd.Function):
             loss = total.log_().add_(top).mean().neg_()
         else:
             loss, q = joint.new_tensor(math.inf), torch.zeros_like(joint)
-        ctx.save_for_backward(z, weight, saved, q, target, index, usable)
+        ctx.save_for_backward(z, weight, saved, q, target, index, usable, head_scale)
         ctx.task = task
         ctx.scale = 1.0 / m if task == "classification" else 1.0 / (m * variance)
         ctx.has_bias = bias is not None
@@ -118,8 +119,8 @@ class _AlraoLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
         if grad_loss is None:  # (grads are not materialized) nothing flows back
-            return (None,) * 10
-        z, weight, saved, q, target, index, usable = ctx.saved_tensors
+            return (None,) * 11
+        z, weight, saved, q, target, index, usable, head_scale = ctx.saved_tensors
         n_heads, n_out, n_in = weight.shape
         m = q.shape[0]
         scale = grad_loss * ctx.scale
@@ -150,15 +151,20 @@ class _AlraoLoss(torch.autograd.Function):
             grad_z = g_mix.mm(flat_w)
             if z.dim() != 2:
                 grad_z = grad_z.view(z.shape)
+        # the heads' own step: g's factor (the 1/M ... of `scale` unless already in g), times the
+        # normalization of a "normalized" head step
+        own = scale if index is None else None
+        if head_scale is not None:
+            own = head_scale if own is None else own * head_scale
         if ctx.needs_input_grad[1]:
             grad_w = g.t().mm(z if z.dim() == 2 else z.reshape(m, n_in)).view(n_heads, n_out, n_in)
-            if index is None:
-                grad_w.mul_(scale)
+            if own is not None:
+                grad_w.mul_(own)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(dim=0).view(n_heads, n_out)
-            if index is None:
-                grad_b.mul_(scale)
-        return grad_z, grad_w, grad_b, None, None, None, None, None, None, None
+            if own is not None:
+                grad_b.mul_(own)
+        return grad_z, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
 def alrao_loss(
@@ -172,6 +178,7 @@ def alrao_loss(
     finite: Tensor | None,
     task: Task,
     variance: float = 1.0,
+    normalized: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The Alrao loss of one minibatch and each head's minibatch-mean log-likelihood.
 
@@ -195,12 +202,55 @@ def alrao_loss(
     :param finite: ``[N]`` bool, heads whose outputs are all finite (None: all are).
     :param task: ``"classification"`` or ``"regression"``.
     :param variance: regression only: the heads' Gaussian variance ``sigma^2`` (the paper: 1).
+    :param normalized: divide each head's own gradient by the trace of its curvature (the
+        ``"normalized"`` head step of :class:`alrao_rl.AlraoModel`): ``sigma^2 / E_b ||[z_b, 1]||^2``
+        for regression, ``1 / E_b ||[z_b, 1]||^2`` for classification.
     :return: ``(loss, head_ll)``: the scalar to ``backward()`` and the ``[N]`` detached
         minibatch-mean log-likelihoods for :meth:`alrao_rl.Switch.update`.
     """
-    args = (z, weight, bias, values, index, target, log_weights, finite, task, variance)
+    args = (z, weight, bias, values, index, target, log_weights, finite, task, variance, normalized)
     loss, head_ll, _ = _alrao_loss(*args)
     return loss, head_ll
+
+
+def curvature_trace(z: Tensor, bias: bool, members: bool = False) -> Tensor:
+    """``E_b ||[z_b, 1]||^2``: the trace of the heads' input Gram matrix ``E_b [z_b, 1][z_b, 1]^T``
+    (the ``1`` when the heads have a bias), a scalar (``[P]`` with members, ``z`` ``[P, ..., d]``).
+
+    It bounds the Gram matrix's largest eigenvalue, which sets how fast (and whether stably) a
+    head's gradient step moves its outputs: see the ``head_step`` of :class:`alrao_rl.AlraoModel`.
+    """
+    if members:
+        z3 = z.reshape(z.shape[0], -1, z.shape[-1])
+        trace = z3.square().sum(dim=(1, 2)).div_(z3.shape[1])
+    else:
+        trace = z.square().sum().div_(z.numel() // z.shape[-1])
+    return trace.add_(1.0) if bias else trace
+
+
+def check_target(z: Tensor, target: Tensor, index: Tensor | None, task: str, n_out: int) -> Tensor:
+    """``target`` checked against the body output ``z`` (class indices become int64).
+
+    :raises ValueError: the shape is not ``z``'s leading shape (with ``[out]`` for regression
+        without ``index``).
+    :raises TypeError: classification targets that are not integers.
+    """
+    lead = z.shape[:-1]
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
+    if task == "classification":
+        if target.shape != lead:
+            raise ValueError(
+                f"classification target shape {tuple(target.shape)} must be the outputs' leading shape "
+                f"{tuple(lead)}"
+            )
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"classification target must hold class indices (int), got {target.dtype}")
+        return target.long()
+    expected = lead if index is not None else (*lead, n_out)
+    if target.shape != expected:
+        raise ValueError(f"regression target shape {tuple(target.shape)} must be {tuple(expected)}")
+    return target
 
 
 def _alrao_loss(
@@ -214,29 +264,22 @@ def _alrao_loss(
     finite: Tensor | None,
     task: Task,
     variance: float = 1.0,
+    normalized: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`alrao_loss`, and the ``[N]`` bool mask of the heads that were usable (None when
     all were)."""
-    lead = z.shape[:-1]
-    if task == "classification":
-        if target.shape != lead:
-            raise ValueError(
-                f"classification target shape {tuple(target.shape)} must be the outputs' leading shape "
-                f"{tuple(lead)}"
-            )
-        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"classification target must hold class indices (int), got {target.dtype}")
-        target = target.long()
-    else:
-        expected = lead if index is not None else (*lead, weight.shape[1])
-        if target.shape != expected:
-            raise ValueError(f"regression target shape {tuple(target.shape)} must be {tuple(expected)}")
+    target = check_target(z, target, index, task, weight.shape[1])
     if finite is not None and bool(finite.all()):
         finite = None
     if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance > 0):
         raise ValueError(f"variance must be a finite number > 0, got {variance!r}")
+    head_scale = None
+    if normalized:
+        head_scale = curvature_trace(z.detach(), bias is not None).reciprocal_()
+        if task == "regression":
+            head_scale.mul_(float(variance))
     loss, head_ll, usable = _AlraoLoss.apply(
-        z, weight, bias, values, index, target, log_weights, finite, task, float(variance)
+        z, weight, bias, values, index, target, log_weights, finite, task, float(variance), head_scale
     )
     if usable is not None and not bool(usable.any()):
         warnings.warn(

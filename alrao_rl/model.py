@@ -10,7 +10,8 @@ A training step::
 ``out.prediction`` is the averaged model's output (mixture log-probabilities, or the mixture mean
 for regression). It carries no gradient on purpose: the only way to train is ``model.loss``, which
 gives the body the mixture's gradient and every head the gradient of its own loss, in closed form
-(see :mod:`alrao_rl.losses`).
+(see :mod:`alrao_rl.losses`). :class:`alrao_rl.AlraoStep` does the same step fused, in about as
+many torch calls as a plain SGD step.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from .heads import AlraoHeads
-from .losses import TASKS, Task, _alrao_loss
+from .losses import TASKS, Task, _alrao_loss, check_target
 from .switch import Switch
 
-__all__ = ["AlraoModel", "AlraoOutput", "Averaging"]
+__all__ = ["AlraoModel", "AlraoOutput", "Averaging", "HeadStep"]
 
 Averaging = Literal["predictive", "filtered"]
 _AVERAGINGS = ("predictive", "filtered")
+HeadStep = Literal["plain", "normalized"]
+_HEAD_STEPS = ("plain", "normalized")
 
 
 class AlraoOutput:
@@ -47,9 +50,11 @@ class AlraoOutput:
     :param features: the body's output ``z`` (differentiable) the heads were computed from.
     :param index: the output selected per sample by :meth:`gather`, or None.
     :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
+    :param bad_input: the batch holds non-finite inputs (see :meth:`AlraoModel.output`): its loss
+        trains nothing.
     """
 
-    __slots__ = ("features", "finite", "index", "log_weights", "task", "values", "weights")
+    __slots__ = ("bad_input", "features", "finite", "index", "log_weights", "task", "values", "weights")
 
     def __init__(
         self,
@@ -60,7 +65,9 @@ class AlraoOutput:
         features: Tensor,
         index: Tensor | None = None,
         weights: Tensor | None = None,
+        bad_input: bool = False,
     ) -> None:
+        self.bad_input = bad_input
         self.values = values
         self.log_weights = log_weights
         self.finite = finite
@@ -109,7 +116,9 @@ class AlraoOutput:
         index = index.long()
         expanded = index.reshape(*lead, 1, 1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
-        return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index, self.weights)
+        return AlraoOutput(
+            selected, self.log_weights, self.finite, self.task, self.features, index, self.weights, self.bad_input
+        )
 
 
 class AlraoModel(nn.Module):
@@ -129,6 +138,21 @@ class AlraoModel(nn.Module):
         bounded) but not for a regression *mean*: one diverged head at 1e30 moves
         ``sum_j a_j mu_j`` by 1e30/(t N). The filtered posterior gives such a head weight 0, so
         the default (``None``) is ``"filtered"`` for regression, ``"predictive"`` otherwise.
+    :param head_step: how a head's own gradient step is scaled. ``"plain"``: Algorithm 1,
+        ``theta_j <- theta_j - eta_j grad L_j``. ``"normalized"``: the step is divided by the trace
+        of the curvature of ``L_j`` (its Gauss-Newton matrix for a Gaussian head),
+        ``tr F = E_b ||[z_b, 1]||^2 / sigma^2``: ``theta_j <- theta_j - eta_j grad L_j / tr F``
+        (normalized LMS). On a minibatch's quadratic the effective step of head ``j`` along the
+        top curvature direction is then ``eta_j lambda_max(F) / tr F <= eta_j`` whatever the scale
+        of the body's features ``z``, so the heads' log-spaced rates keep their meaning while the
+        body learns (plain steps are ``eta_j lambda_max(F)``: a body that grows its features by
+        100 speeds every head up by 1e4 and kills the fast ones), and every head with
+        ``eta_j < 2`` is stable. The default (``None``) is ``"normalized"`` for regression,
+        ``"plain"`` (the paper's) for classification, whose softmax gradients are bounded.
+    :param members: None, or the number ``P`` of members of a population trained together: the
+        body then maps ``[P, ...]`` inputs to ``[P, ..., in]`` features and heads and switch hold
+        ``P`` independent copies (see :class:`alrao_rl.AlraoHeads`); train it with
+        :class:`alrao_rl.AlraoStep`.
 
     >>> model = AlraoModel(nn.Sequential(nn.Linear(3, 64), nn.ReLU()), nn.Linear(64, 5), n_heads=10,
     ...                    task="regression")
@@ -144,6 +168,8 @@ class AlraoModel(nn.Module):
         task: Task = "classification",
         theta: float = 0.999,
         averaging: Averaging | None = None,
+        head_step: HeadStep | None = None,
+        members: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(body, nn.Module):
@@ -154,11 +180,17 @@ class AlraoModel(nn.Module):
             averaging = "filtered" if task == "regression" else "predictive"
         if averaging not in _AVERAGINGS:
             raise ValueError(f"averaging must be one of {_AVERAGINGS}, got {averaging!r}")
+        if head_step is None:
+            head_step = "normalized" if task == "regression" else "plain"
+        if head_step not in _HEAD_STEPS:
+            raise ValueError(f"head_step must be one of {_HEAD_STEPS}, got {head_step!r}")
         self.body = body
-        self.heads = AlraoHeads(head, n_heads)
-        self.switch = Switch(n_heads, theta=theta)
+        self.heads = AlraoHeads(head, n_heads, members=members)
+        self.switch = Switch(n_heads, theta=theta, members=members)
         self.task: Task = task
         self.averaging: Averaging = averaging
+        self.head_step: HeadStep = head_step
+        self.members = members
 
     @property
     def n_heads(self) -> int:
@@ -171,40 +203,103 @@ class AlraoModel(nn.Module):
         return self.switch.log_posterior
 
     def forward(self, x: Tensor) -> AlraoOutput:
-        """Run the body on ``x``, then :meth:`output`."""
-        return self.output(self.body(x))
+        """Run the body on ``x``, then :meth:`output` (told ``x``, to tell bad input from divergence)."""
+        return self.output(self.body(x), inputs=x)
 
-    def output(self, z: Tensor, log_weights: Tensor | None = None, switch: Switch | None = None) -> AlraoOutput:
+    def output(
+        self,
+        z: Tensor,
+        log_weights: Tensor | None = None,
+        switch: Switch | None = None,
+        inputs: Tensor | None = None,
+    ) -> AlraoOutput:
         """Heads and mixture weights on the body's output ``z`` (use it when the body returns
         more than features, e.g. an LSTM's hidden state).
 
-        :param z: body output ``[..., in_features]``.
+        Non-finite values are sorted out here, rarely and at a cost only when they occur:
+
+        * non-finite **inputs** (NaN in a batch) are bad data, not divergence: the output is
+          marked ``bad_input`` (its loss trains nothing, with a warning) and nothing is frozen;
+        * a non-finite **feature** of ``z`` (finite inputs) is the body's fault: it is marked dead
+          (:meth:`alrao_rl.AlraoHeads.mark_dead_features`) and replaced by 0, and no head is
+          blamed for it; if every feature is non-finite the batch is treated as bad input;
+        * a **head** whose outputs are not finite is left out of the average (and marked dead
+          by :meth:`loss`).
+
+        :param z: body output ``[..., in_features]`` (``[P, ..., in_features]`` with members).
         :param log_weights: averaging weights ``log a_j`` to use instead of the switch's; float ``[N]``.
         :param switch: average with this switch's posterior (as chosen by ``averaging``) instead of
             this model's own, e.g. a DQN target network with the online network's switch.
+        :param inputs: the body's input, if known (to recognize non-finite inputs).
         """
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                values = self.heads(z)
-        else:
-            values = self.heads(z)
+        heads = self.heads
+        z = heads.mask_features(z)
+        values = self._head_values(z)
         if log_weights is None:
             source = self.switch if switch is None else switch
             lw, a = source.averaging_weights(self.averaging == "filtered", values.dtype, values.device)
         else:
             lw, a = log_weights.to(device=values.device, dtype=values.dtype), None
-        finite = None
-        if not math.isfinite(float(values.sum())):  # one reduction; the exact check is rare
-            finite = torch.isfinite(values).transpose(0, -2).reshape(self.n_heads, -1).all(dim=1)
-            if not bool(finite.any()):
-                warnings.warn(
-                    "AlraoModel: every head's output is non-finite (the body diverged); the prediction is NaN",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            lw = torch.where(finite, lw, -math.inf)
-            lw, a = lw - torch.logsumexp(lw, dim=0), None
-        return AlraoOutput(values, lw, finite, self.task, z, weights=a)
+        finite, bad_input = None, False
+        if not math.isfinite(float(values.sum())):  # one reduction; the exact checks are rare
+            bad_input = self._sort_out_features(z, inputs)
+            if not bad_input:
+                z = heads.mask_features(z)
+                values = self._head_values(z)
+            if bad_input or not math.isfinite(float(values.sum())):
+                finite = self._finite_heads(values)
+                lw = torch.where(finite, lw, -math.inf)
+                lw, a = lw - torch.logsumexp(lw, dim=-1, keepdim=True), None
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a, bad_input=bad_input)
+
+    def _head_values(self, z: Tensor) -> Tensor:
+        """The heads' outputs on ``z``, without a gradient."""
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.heads(z)
+        return self.heads(z)
+
+    def _finite_heads(self, values: Tensor) -> Tensor:
+        """``[N]`` (``[P, N]``) bool: whether each head's outputs are all finite; warns if none is."""
+        n = self.n_heads
+        if self.members is None:
+            finite = torch.isfinite(values).transpose(0, -2).reshape(n, -1).all(dim=1)
+        else:
+            p = self.members
+            finite = torch.isfinite(values).reshape(p, -1, n, values.shape[-1]).all(dim=3).all(dim=1)
+        if not bool(finite.any(dim=-1).all()):
+            warnings.warn(
+                "AlraoModel: every head's output is non-finite (the body diverged); the prediction is NaN",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return finite
+
+    def _sort_out_features(self, z: Tensor, inputs: Tensor | None) -> bool:
+        """After non-finite head outputs: mark the body's non-finite features dead (its fault), or
+        return True when the batch is bad input (non-finite inputs, or every feature non-finite)."""
+        bad = ~torch.isfinite(z.detach())
+        if not bool(bad.any()):
+            return False  # the heads' fault
+        if inputs is not None and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            warnings.warn(
+                "AlraoModel: the batch holds non-finite inputs; its loss trains nothing (nothing is frozen)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return True
+        d = z.shape[-1]
+        features = bad.reshape(-1, d).any(dim=0) if self.members is None else bad.reshape(z.shape[0], -1, d).any(1)
+        if bool(features.all(dim=-1).any()):
+            warnings.warn(
+                "AlraoModel: every feature of the body's output is non-finite (non-finite inputs, or a "
+                "hidden unit overflowed: see max_weight); the batch trains nothing",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return True
+        self.heads.mark_dead_features(features)
+        return False
 
     def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
@@ -223,12 +318,18 @@ class AlraoModel(nn.Module):
         """
         if not isinstance(out, AlraoOutput):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
+        if self.members is not None:
+            raise TypeError("a model with members is trained by alrao_rl.AlraoStep, not by loss")
         heads = self.heads
         if out.features.shape[-1] != heads.in_features:
             raise ValueError("out does not come from this model's forward")
+        if out.bad_input:  # nothing to learn from: no gradient reaches any parameter
+            check_target(out.features, target, out.index, self.task, heads.out_features)
+            nothing = torch.full((), math.nan, device=out.values.device, requires_grad=True)
+            return nothing, torch.full((self.n_heads,), -math.inf, dtype=torch.float64)
         loss, head_ll, usable = _alrao_loss(
             out.features, heads.weight, heads.bias, out.values, out.index, target,
-            out.log_weights, out.finite, self.task, variance,
+            out.log_weights, out.finite, self.task, variance, self.head_step == "normalized",
         )
         if usable is not None and bool(usable.any()):  # some heads diverged for good, not all
             heads.mark_dead(~usable)
@@ -254,15 +355,28 @@ class AlraoModel(nn.Module):
         z = self.body(x)
         heads = self.heads
         if self.task == "regression" and z.shape[-1] == heads.in_features:
+            z = heads.mask_features(z)
             source = self.switch if switch is None else switch
             _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
-            a = a.view(1, -1)
-            weight, bias = heads.weight, heads.bias
-            weight = a.mm(weight.view(heads.n_heads, -1)).view(heads.out_features, heads.in_features)
-            mean = nn.functional.linear(z, weight, None if bias is None else a.mm(bias).view(-1))
+            mean = _averaged_linear(z, a, heads.weight, heads.bias, heads.members)
             if math.isfinite(float(mean.sum())):
                 return mean
-        return self.output(z, switch=switch).prediction
+        return self.output(z, switch=switch, inputs=x).prediction
 
     def extra_repr(self) -> str:
-        return f"task={self.task!r}, averaging={self.averaging!r}"
+        members = "" if self.members is None else f", members={self.members}"
+        return f"task={self.task!r}, averaging={self.averaging!r}, head_step={self.head_step!r}{members}"
+
+
+def _averaged_linear(z: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, members: int | None) -> Tensor:
+    """``(sum_j a_j W_j) z + sum_j a_j b_j``: the heads averaged into one linear layer, then applied."""
+    n, out, d = weight.shape[-3:]
+    if members is None:
+        a = a.view(1, n)
+        w = a.mm(weight.view(n, -1)).view(out, d)
+        return nn.functional.linear(z, w, None if bias is None else a.mm(bias).view(-1))
+    a = a.view(members, 1, n)
+    w = torch.bmm(a, weight.view(members, n, out * d)).view(members, out, d).transpose(1, 2)
+    z3 = z.reshape(members, -1, d)
+    mean = torch.bmm(z3, w) if bias is None else torch.baddbmm(torch.bmm(a, bias), z3, w)
+    return mean.view(*z.shape[:-1], out)

@@ -88,6 +88,32 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
 
+    _BUFFERS: tuple[str, ...] = ()
+    """The per-parameter state buffers a frozen feature's entries are zeroed in."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step of the base rule with per-feature rates on every parameter with a gradient, then
+        the runaway-feature guard on every parameter (also after a batch that trained nothing: a
+        weight gone non-finite upstream is found and frozen)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        updates = []
+        for group in self.param_groups:
+            params, grads = self._grads(group)
+            if params:
+                updates.append((group, params, grads))
+        if updates:
+            self._update(updates)
+        self.guard([(group, group["params"]) for group in self.param_groups])
+        return loss
+
+    def _update(self, updates: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> None:
+        """Apply one step of the base rule to ``(group, params, grads)`` triples (under no_grad)."""
+        raise NotImplementedError
+
     def frozen_units(self) -> int:
         """How many rate entries (features) the guard has frozen so far."""
         return sum(int((s[_RATE] == 0).sum()) for s in self.state.values() if _RATE in s)
@@ -95,10 +121,15 @@ class _AlraoOptimizer(torch.optim.Optimizer):
     def _rates(self, params: list[Tensor]) -> list[Tensor]:
         return [self.state[p][_RATE] for p in params]
 
-    def _guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]], buffer_keys: tuple[str, ...]) -> None:
+    @torch.no_grad()
+    def guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
-        and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead (called by
-        ``step``, under no_grad)."""
+        and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead (called after each
+        update by ``step`` and :class:`alrao_rl.AlraoStep`).
+
+        :param updated: the ``(group, params)`` pairs just updated.
+        """
+        buffer_keys = self._BUFFERS
         params: list[Tensor] = []
         limits: list[float] = []
         for group, ps in updated:
@@ -124,7 +155,7 @@ class _AlraoOptimizer(torch.optim.Optimizer):
             if dead is not None:
                 for p in heads.parameters():
                     if p in self.state:
-                        self._freeze(p, dead.view(-1, *[1] * (p.dim() - 1)), buffer_keys)
+                        self._freeze(p, dead.view(*dead.shape, *[1] * (p.dim() - dead.dim())), buffer_keys)
 
     def _freeze(self, p: Tensor, bad_units: Tensor, buffer_keys: tuple[str, ...]) -> None:
         """Zero the features ``bad_units`` (bool, the rate's shape) of ``p``, their buffers and rates."""
@@ -205,21 +236,18 @@ class AlraoSGD(_AlraoOptimizer):
         }
         super().__init__(model, eta_min, eta_max, seed, defaults, max_weight)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One SGD step with per-feature rates, then the runaway-feature guard."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        updated: list[tuple[dict[str, Any], list[Tensor]]] = []
+    _BUFFERS = ("momentum_buffer",)
+
+    @property
+    def plain(self) -> bool:
+        """Plain SGD on every group (no momentum, no weight decay): ``p <- p - lr eta_i grad``."""
+        return all(g["momentum"] == 0 and g["weight_decay"] == 0 for g in self.param_groups)
+
+    def _update(self, updates: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> None:
+        """SGD with per-feature rates on ``(group, params, grads)`` triples (under no_grad)."""
         # p <- p - lr * eta * d, one foreach call per distinct lr (the groups usually share it)
-        updates: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
-        for group in self.param_groups:
-            params, grads = self._grads(group)
-            if not params:
-                continue
-            updated.append((group, params))
+        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+        for group, params, grads in updates:
             momentum, wd = group["momentum"], group["weight_decay"]
             if wd != 0:
                 grads = torch._foreach_add(grads, params, alpha=wd)
@@ -235,14 +263,11 @@ class AlraoSGD(_AlraoOptimizer):
                     torch._foreach_mul_(bufs, momentum)
                     torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
                 grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
-            same_lr = updates.setdefault(group["lr"], ([], []))
+            same_lr = by_lr.setdefault(group["lr"], ([], []))
             same_lr[0].extend(params)
             same_lr[1].extend(grads)
-        for lr, (params, directions) in updates.items():
+        for lr, (params, directions) in by_lr.items():
             torch._foreach_addcmul_(params, directions, self._rates(params), value=-lr)
-        if updated:
-            self._guard(updated, ("momentum_buffer",))
-        return loss
 
 
 class AlraoAdam(_AlraoOptimizer):
@@ -284,19 +309,12 @@ class AlraoAdam(_AlraoOptimizer):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(model, eta_min, eta_max, seed, defaults, max_weight)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One Adam step with per-feature rates, then the runaway-feature guard."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        updated: list[tuple[dict[str, Any], list[Tensor]]] = []
-        for group in self.param_groups:
-            params, grads = self._grads(group)
-            if not params:
-                continue
-            updated.append((group, params))
+    _BUFFERS = ("exp_avg", "exp_avg_sq")
+    plain = False
+
+    def _update(self, updates: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> None:
+        """Adam with per-feature rates on ``(group, params, grads)`` triples (under no_grad)."""
+        for group, params, grads in updates:
             beta1, beta2 = group["betas"]
             for p in params:
                 state = self.state[p]
@@ -323,6 +341,3 @@ class AlraoAdam(_AlraoOptimizer):
             update = torch._foreach_div(exp_avgs, denom)
             torch._foreach_mul_(update, [-group["lr"] / bc for bc in bias_correction1])
             torch._foreach_addcmul_(params, update, self._rates(params))
-        if updated:
-            self._guard(updated, ("exp_avg", "exp_avg_sq"))
-        return loss

@@ -10,11 +10,13 @@ from alrao_rl import AlraoModel, AlraoSGD
 from alrao_rl._reference import reference_alrao_step
 
 
-def _model(task: str, n_out: int, n_heads: int = 4, averaging: str = "predictive") -> AlraoModel:
+def _model(
+    task: str, n_out: int, n_heads: int = 4, averaging: str = "predictive", head_step: str = "plain"
+) -> AlraoModel:
     torch.manual_seed(0)
     body = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
     head = nn.Linear(6, n_out)
-    model = AlraoModel(body, head, n_heads=n_heads, task=task, averaging=averaging).double()
+    model = AlraoModel(body, head, n_heads=n_heads, task=task, averaging=averaging, head_step=head_step).double()
     with torch.no_grad():  # heads start as copies; make them differ to test the routing
         model.heads.weight.add_(0.3 * torch.randn_like(model.heads.weight))
         model.heads.bias.add_(0.3 * torch.randn_like(model.heads.bias))
@@ -38,15 +40,16 @@ def _switch_weights(model: AlraoModel, steps: int) -> None:
         model.switch.update(-torch.arange(model.n_heads, dtype=torch.float64) * (t + 1) / 5)
 
 
+@pytest.mark.parametrize("head_step", ["plain", "normalized"])
 @pytest.mark.parametrize("averaging", ["predictive", "filtered"])
 @pytest.mark.parametrize(
     "task,n_out,variance",
     [("classification", 5, 1.0), ("regression", 2, 1.0), ("regression", 1, 1.0), ("regression", 2, 0.3)],
 )
 def test_one_backward_gives_the_gradients_of_algorithm_1(
-    task: str, n_out: int, variance: float, averaging: str
+    task: str, n_out: int, variance: float, averaging: str, head_step: str
 ) -> None:
-    model = _model(task, n_out, averaging=averaging)
+    model = _model(task, n_out, averaging=averaging, head_step=head_step)
     _switch_weights(model, 3)
     opt = AlraoSGD(model, eta_min=1e-3, eta_max=1.0, seed=0)
     state = {p: opt.state[p]["alrao_rate"] for p in model.parameters()}
@@ -61,7 +64,7 @@ def test_one_backward_gives_the_gradients_of_algorithm_1(
         y = torch.randn(16, n_out, generator=gen, dtype=torch.float64)
     a = model.switch.posterior if averaging == "predictive" else model.switch.filtered_posterior
 
-    ref_ll = reference_alrao_step(ref_body, ref_heads, a, body_rates, head_rates, x, y, task, variance)
+    ref_ll = reference_alrao_step(ref_body, ref_heads, a, body_rates, head_rates, x, y, task, variance, head_step)
     out = model(x)
     loss, head_ll = model.loss(out, y, variance=variance) if task == "regression" else model.loss(out, y)
     opt.zero_grad()
@@ -78,7 +81,7 @@ def test_one_backward_gives_the_gradients_of_algorithm_1(
 
 def test_gathered_outputs_give_the_gradients_of_algorithm_1() -> None:
     """The DQN case: the likelihood is of the Q-value of the action taken only."""
-    model = _model("regression", 3)
+    model = _model("regression", 3, head_step="plain")
     _switch_weights(model, 2)
     opt = AlraoSGD(model, eta_min=1e-3, eta_max=1.0, seed=0)
     gen = torch.Generator().manual_seed(2)

@@ -1,9 +1,11 @@
 """The switch against a brute-force sum over every hidden path (Appendix A)."""
 
+import contextlib
 import copy
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,7 +110,7 @@ def test_bad_switch_arguments_are_refused(kwargs: dict, error: type, match: str)
     [
         (torch.zeros(2), ValueError, r"shape \(3,\), got \(2,\)"),
         (torch.zeros(3, 1), ValueError, "shape"),
-        ([0.0, 0.0, 0.0], TypeError, "must be a Tensor"),
+        ((0.0, 0.0, 0.0), TypeError, "must be a Tensor"),
     ],
 )
 def test_bad_update_input_is_refused(value: object, error: type, match: str) -> None:
@@ -148,3 +150,35 @@ def test_a_copied_switch_updates_its_own_buffers() -> None:
     restored = pickle.loads(pickle.dumps(twin))
     restored.update(torch.tensor([-1.0, -1.0, -1.0]))
     assert int(restored.steps) == 3 and int(twin.steps) == 2
+
+
+def test_a_switch_of_members_equals_one_switch_per_member() -> None:
+    """The vectorized recursion (a population's switches) against the plain-float one, member by
+    member, with zero likelihoods, NaN, huge values and a member whose models all fail at one step."""
+    gen = torch.Generator().manual_seed(3)
+    lls = -4.0 * torch.rand(6, 3, 5, generator=gen, dtype=torch.float64)  # [steps, members, models]
+    lls[1, 0, 2] = -math.inf
+    lls[2, 1, :] = float("nan")  # member 1 skips step 2
+    lls[3, 2] = torch.tensor([-2.5e31, -2.5e31 - 5e16, -math.inf, float("inf"), -3e31])
+    together = Switch(5, theta=0.99, members=3)
+    alone = [Switch(5, theta=0.99) for _ in range(3)]
+    for ll in lls:
+        with pytest.warns(RuntimeWarning) if not torch.isfinite(ll).any(dim=1).all() else contextlib.nullcontext():
+            together.update(ll)
+        for m, switch in enumerate(alone):
+            if torch.isfinite(ll[m]).any():
+                switch.update(ll[m])
+    for m, switch in enumerate(alone):
+        for name, value in switch.state_dict().items():
+            torch.testing.assert_close(together.state_dict()[name][m], value, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_a_switch_of_members_round_trips_and_reads_numpy() -> None:
+    a = Switch(4, members=2)
+    a.update(np.array([[-1.0, -2.0, -0.5, -3.0], [-0.1, -0.2, -9.0, -1.0]]))
+    b = Switch(4, members=2)
+    b.load_state_dict(a.state_dict())
+    assert b.posterior.shape == (2, 4) and int(b.steps[0]) == 1
+    torch.testing.assert_close(b.posterior, a.posterior)
+    with pytest.raises(ValueError, match=r"shape \(2, 4\)"):
+        a.update(torch.zeros(4))
