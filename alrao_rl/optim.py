@@ -85,6 +85,7 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         defaults = {**defaults, "eta_min": eta_min, "eta_max": eta_max, "max_weight": max_weight}
         super().__init__(groups, defaults)
         self._heads = [m for m in model.modules() if isinstance(m, AlraoHeads)]
+        self._head_of = {id(p): m for m in self._heads for p in m.parameters()}
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
 
@@ -149,7 +150,11 @@ class _AlraoOptimizer(torch.optim.Optimizer):
                     bad = ~torch.isfinite(p) if limit == _LARGEST else ~(p.abs() <= limit)
                     rate = self.state[p][_RATE]
                     bad_units = bad.sum_to_size(rate.shape) > 0 if bad.shape != rate.shape else bad
-                    self._freeze(p, bad_units, buffer_keys)
+                    heads = self._head_of.get(id(p))
+                    if heads is None:
+                        self._freeze(p, bad_units, buffer_keys)
+                    else:  # a head with a non-finite weight is dead: weight and bias frozen together
+                        heads.mark_dead(bad_units.reshape(heads.dead.shape))
         for heads in self._heads:
             dead = heads.take_dead()
             if dead is not None:

@@ -239,3 +239,53 @@ def test_predict_averages_the_heads_before_the_product_and_falls_back_when_not_f
     prediction = model.predict(x)
     assert torch.isfinite(prediction).all()
     torch.testing.assert_close(prediction, model(x).prediction)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("opt_cls", ["sgd", "adam"])
+def test_a_nan_input_trains_nothing_and_freezes_nothing_in_the_users_loop(task: str, opt_cls: str) -> None:
+    """Issue 13, bug 4, with model.loss + backward + step: bad data is not divergence."""
+    from alrao_rl import AlraoAdam
+
+    torch.manual_seed(0)
+    m = AlraoModel(nn.Sequential(nn.Linear(4, 16), nn.ReLU()), nn.Linear(16, 2), task=task)
+    o = AlraoSGD(m) if opt_cls == "sgd" else AlraoAdam(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(8, 4)
+    x[0, 0] = math.nan
+    y = torch.zeros(8, 2) if task == "regression" else torch.zeros(8, dtype=torch.long)
+    with pytest.warns(RuntimeWarning, match="non-finite inputs"):
+        loss, head_ll = m.loss(m(x), y)
+    o.zero_grad()
+    loss.backward()
+    o.step()
+    assert o.frozen_units() == 0 and all(p.grad is None for p in m.parameters())
+    for name, value in m.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=name)
+    x[0, 0] = 0.0
+    loss, head_ll = m.loss(m(x), y)
+    loss.backward()
+    o.step()
+    assert o.frozen_units() == 0 and torch.isfinite(m.predict(x)).all()
+
+
+def test_a_body_unit_that_overflows_kills_no_head_in_the_users_loop() -> None:
+    """Issue 13, bug 3, with model.loss + backward + step."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+    m = AlraoModel(body, nn.Linear(64, 5), 10, "regression")
+    o = AlraoSGD(m, eta_min=1e-3, eta_max=1e-1, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(4):
+        if t == 3:
+            with torch.no_grad():
+                body[2].weight[7] = 3e38
+        x, y, i = torch.randn(64, 3, generator=gen), torch.randn(64, generator=gen), torch.randint(0, 5, (64,))
+        loss, head_ll = m.loss(m(x).gather(i), y)
+        o.zero_grad()
+        loss.backward()
+        o.step()
+        m.switch.update(head_ll)
+    assert not m.heads.dead.any() and m.heads.dead_features.nonzero().flatten().tolist() == [7]
+    assert (o.state[m.heads.weight]["alrao_rate"] > 0).all() and (o.state[m.heads.bias]["alrao_rate"] > 0).all()
+    assert torch.isfinite(m.heads.weight).all() and torch.isfinite(m.predict(x)).all()
