@@ -1,4 +1,4 @@
-"""scripts/compare.py and agents/compare.py: the sweep, selection on selection data only, statistics,
+"""scripts/compare.py and agents/compare/: the sweep, selection on selection data only, statistics,
 failed runs, resume, the Ray backend, the supervised path and bad arguments."""
 
 from __future__ import annotations
