@@ -273,7 +273,7 @@ def test_a_crashing_run_is_a_failed_result_that_is_tried_again(tmp_path: Path,
     def crash(spec: RunSpec, logdir: str) -> RunResult:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(compare, "_run_rl", crash)
+    monkeypatch.setattr("agents.compare.runs._run_rl", crash)
     spec = compare.plan_runs("rl", "CartPole-v1", ["adam"], [0])[0]
     result = compare.execute_run(spec, str(tmp_path))
     assert result.error == "RuntimeError: boom" and math.isnan(result.test)
