@@ -163,6 +163,13 @@ def test_run_sweep_calls_the_run_function_only_for_unfinished_runs(tmp_path: Pat
     assert (forced.ran, len(calls)) == (4, 8)
 
 
+def test_an_unknown_backend_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    specs = compare.plan_runs("rl", "CartPole-v1", ["adam"], [0])
+    with pytest.raises(ValueError, match=r"^backend must be 'process' or 'ray', got 'slurm'$"):
+        compare.run_sweep(specs, str(tmp_path), backend="slurm", progress=False)
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
 # --- selection and statistics -----------------------------------------------------------------------
 
 

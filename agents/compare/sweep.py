@@ -8,12 +8,11 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import _ray_map, _worker_init
+from .backends import BACKENDS, RunFn
 from .plan import RunSpec
 from .runs import RunResult, execute_run, load_finished
 
@@ -53,14 +52,15 @@ def run_sweep(
     force: bool = False,
     ray_address: str | None = None,
     progress: bool = True,
-    run_fn: Callable[[RunSpec, str], RunResult] = execute_run,
+    run_fn: RunFn = execute_run,
 ) -> SweepOutcome:
     """Run every spec that has no finished result in ``out`` (all of them with ``force``).
 
     :param specs: the runs (:func:`plan_runs`).
     :param out: output folder.
-    :param backend: ``"process"`` (a process pool on this machine; one worker runs in this process)
-        or ``"ray"`` (Ray tasks; ``out`` must then be on a file system every Ray node sees).
+    :param backend: a name in :data:`~agents.compare.backends.BACKENDS`: ``"process"`` (a process pool
+        on this machine; one worker runs in this process) or ``"ray"`` (Ray tasks; ``out`` must then be
+        on a file system every Ray node sees).
     :param workers: parallel runs (default: the usable cores; for Ray, the CPUs of a local instance).
     :param force: rerun finished runs.
     :param ray_address: address of an existing Ray cluster (default: start a local instance).
@@ -69,40 +69,21 @@ def run_sweep(
     """
     from tqdm import tqdm
 
-    if backend not in ("process", "ray"):
-        raise ValueError(f"backend must be 'process' or 'ray', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be {' or '.join(map(repr, BACKENDS))}, got {backend!r}")
     workers = workers or usable_cores()
     results: list[RunResult | None] = [None if force else load_finished(out, spec) for spec in specs]
     todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -_cost(specs[i]))
     os.makedirs(out, exist_ok=True)
     bar = tqdm(total=len(todo), disable=not progress or not todo, unit="run", desc="runs", dynamic_ncols=True)
     try:
-        if not todo:
-            pass
-        elif backend == "ray":
-            for i, result in _ray_map(run_fn, [specs[i] for i in todo], todo, out, workers, ray_address):
-                results[i] = result
-                bar.update(1)
-        elif workers == 1:
-            _worker_init()
-            for i in todo:
-                results[i] = run_fn(specs[i], out)
-                bar.update(1)
-        else:
-            import multiprocessing
-
-            context = multiprocessing.get_context("spawn")  # no fork of a process that ran torch threads
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_init) as pool:
-                pending: dict[Future[RunResult], int] = {pool.submit(run_fn, specs[i], out): i for i in todo}
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            results[pending.pop(future)] = future.result()
-                            bar.update(1)
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        if todo:
+            finished = BACKENDS[backend](run_fn, [specs[i] for i in todo], out, workers=workers,
+                                         ray_address=ray_address)
+            with contextlib.closing(finished):  # an error in this loop (Ctrl-C) stops the backend's workers
+                for j, result in finished:
+                    results[todo[j]] = result
+                    bar.update(1)
     finally:
         bar.close()
     return SweepOutcome([r for r in results if r is not None], ran=len(todo), reused=len(specs) - len(todo))
