@@ -57,6 +57,7 @@ def _dqn_default(name: str) -> object:
 
 def build_parser() -> argparse.ArgumentParser:
     from agents.compare import DEFAULT_SGD_GRID, PEERS, TASKS
+    from agents.compare.backends import BACKENDS
 
     parser = OneLineParser(prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to compare")
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--out", default=None, help="output folder (default: results/<env or task>)")
     how.add_argument("--workers", type=int, default=None,
                      help="runs in parallel (default: the usable cores; 1 runs them in this process)")
-    how.add_argument("--backend", choices=["process", "ray"], default="process",
+    how.add_argument("--backend", choices=list(BACKENDS), default="process",
                      help="process: a process pool here; ray: Ray tasks, from the optional extra 'ray' "
                           "(default: process)")
     how.add_argument("--ray-address", default=None,

@@ -1,4 +1,4 @@
-"""scripts/compare.py and agents/compare.py: the sweep, selection on selection data only, statistics,
+"""scripts/compare.py and agents/compare/: the sweep, selection on selection data only, statistics,
 failed runs, resume, the Ray backend, the supervised path and bad arguments."""
 
 from __future__ import annotations
@@ -163,6 +163,13 @@ def test_run_sweep_calls_the_run_function_only_for_unfinished_runs(tmp_path: Pat
     assert (forced.ran, len(calls)) == (4, 8)
 
 
+def test_an_unknown_backend_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    specs = compare.plan_runs("rl", "CartPole-v1", ["adam"], [0])
+    with pytest.raises(ValueError, match=r"^backend must be 'process' or 'ray', got 'slurm'$"):
+        compare.run_sweep(specs, str(tmp_path), backend="slurm", progress=False)
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
 # --- selection and statistics -----------------------------------------------------------------------
 
 
@@ -273,7 +280,7 @@ def test_a_crashing_run_is_a_failed_result_that_is_tried_again(tmp_path: Path,
     def crash(spec: RunSpec, logdir: str) -> RunResult:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(compare, "_run_rl", crash)
+    monkeypatch.setattr("agents.compare.runs._run_rl", crash)
     spec = compare.plan_runs("rl", "CartPole-v1", ["adam"], [0])[0]
     result = compare.execute_run(spec, str(tmp_path))
     assert result.error == "RuntimeError: boom" and math.isnan(result.test)
