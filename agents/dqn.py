@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoSGD
+from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, RunningVariance
 from alrao_rl.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -70,7 +70,6 @@ __all__ = [
     "evaluate",
     "linear_schedule",
     "make_q_network",
-    "running_td_variance",
     "soft_update",
     "td_target",
     "train",
@@ -224,19 +223,6 @@ def soft_update(target: list[Tensor], online: list[Tensor], tau: float) -> None:
     torch._foreach_lerp_(target, online, tau)
 
 
-def running_td_variance(previous: float | None, mse: float) -> float | None:
-    """One update of the heads' variance: ``max(0.99 previous + 0.01 mse, 1e-8)``.
-
-    :param previous: the current estimate; None before the first minibatch (start at ``mse``).
-    :param mse: the averaged model's mean squared TD error on this minibatch; a non-finite value
-        leaves ``previous`` unchanged.
-    """
-    if not math.isfinite(mse):
-        return previous
-    start = mse if previous is None else previous
-    return max(0.99 * start + 0.01 * mse, 1e-8)
-
-
 def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module:
     """The Q-network: MLP ``obs -> h1 -> h2 -> n_actions`` (ReLU); with Alrao, an
     :class:`alrao_rl.AlraoModel` whose output layer is ``config.heads`` regression heads."""
@@ -264,12 +250,15 @@ class DQNAgent:
         self.config = config
         self.alrao = config.method == "alrao"
         torch.manual_seed(config.seed)
-        self.td_variance: float | None = None if config.td_variance == "running" else 1.0
+        # the heads' variance: a running mean of the averaged model's squared TD error, or 1
+        self.variance: RunningVariance | float = RunningVariance() if config.td_variance == "running" else 1.0
         self.q_net = make_q_network(obs_dim, n_actions, config)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         self._polyak_pairs = (list(self.target_net.parameters()), list(self.q_net.parameters()))
         lr = config.effective_lr
         if optimizer_factory is not None:
+            if self.alrao:
+                raise ValueError("optimizer_factory replaces the optimizer of a plain network; 'alrao' has its own")
             self.optimizer = optimizer_factory(self.q_net.parameters())
         elif self.alrao:
             self.optimizer: torch.optim.Optimizer = AlraoSGD(
@@ -284,6 +273,12 @@ class DQNAgent:
             self.optimizer = torch.optim.SGD(self.q_net.parameters(), lr=lr)
         else:
             self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=lr)
+        self.alrao_step = AlraoStep(self.q_net, self.optimizer) if self.alrao else None  # type: ignore[arg-type]
+
+    @property
+    def td_variance(self) -> float | None:
+        """The heads' current Gaussian variance (None before the first Alrao update)."""
+        return self.variance.value if isinstance(self.variance, RunningVariance) else self.variance
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
@@ -309,22 +304,17 @@ class DQNAgent:
         config = self.config
         next_q_max = self.target_q_values(batch.next_observations).max(dim=1).values
         y = td_target(batch.rewards, batch.terminated, next_q_max, config.gamma)
-        if self.alrao:
-            out = self.q_net(batch.observations).gather(batch.actions)
-            if config.td_variance == "running":  # running mean of the averaged model's squared TD error
-                mse = float(nn.functional.mse_loss(out.prediction, y))
-                self.td_variance = running_td_variance(self.td_variance, mse)
-            loss, head_ll = self.q_net.loss(out, y, variance=self.td_variance or 1.0)
+        if self.alrao_step is not None:  # the fused step: loss, backward, step and switch update at once
+            loss = self.alrao_step(batch.observations, y, index=batch.actions, variance=self.variance).loss
         else:
             q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-            loss = nn.functional.smooth_l1_loss(q, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.alrao:
-            self.q_net.switch.update(head_ll)
+            huber = nn.functional.smooth_l1_loss(q, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            huber.backward()
+            self.optimizer.step()
+            loss = huber.item()
         soft_update(*self._polyak_pairs, config.tau)
-        return float(loss.detach())
+        return loss
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -335,7 +325,8 @@ class DQNAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.td_variance = None if state["td_variance"] is None else float(state["td_variance"])
+        if isinstance(self.variance, RunningVariance):
+            self.variance = RunningVariance(value=None if state["td_variance"] is None else float(state["td_variance"]))
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -550,15 +541,20 @@ def train(
     sps = state.step / max(state.wall_seconds, 1e-9)  # over every session of the run (resumed or not)
     summary = _summary(config, state, sps, interrupted, agent.td_variance)
     if logdir is not None:
-        rows = io.StringIO()
-        out = csv.writer(rows, lineterminator="\n")
-        out.writerow(["step", "eval_return_mean", "eval_return_std"])
-        out.writerows(state.evals)
-        write_text_atomic(os.path.join(logdir, "evals.csv"), rows.getvalue())
-        write_text_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        write_run_outputs(logdir, state.evals, summary)
     env.close()
     eval_env.close()
     return summary
+
+
+def write_run_outputs(logdir: str, evals: list[list[float]], summary: dict[str, Any]) -> None:
+    """``evals.csv`` (``step,eval_return_mean,eval_return_std``) and ``summary.json``, atomically."""
+    rows = io.StringIO()
+    out = csv.writer(rows, lineterminator="\n")
+    out.writerow(["step", "eval_return_mean", "eval_return_std"])
+    out.writerows(evals)
+    write_text_atomic(os.path.join(logdir, "evals.csv"), rows.getvalue())
+    write_text_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
 
 
 def _summary(

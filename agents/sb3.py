@@ -43,9 +43,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, Switch
-
-from .dqn import running_td_variance
+from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, AlraoStep, RunningVariance, Switch
 
 __all__ = ["AlraoDQN", "AlraoDQNPolicy", "AlraoQNetwork"]
 
@@ -383,6 +381,12 @@ class AlraoDQN(DQN):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         model = self.q_net.alrao_model
+        optimizer = self.policy.optimizer
+        variance: RunningVariance | float = 1.0
+        if self.td_variance == "running":
+            variance = RunningVariance(value=self.heads_variance)
+        # clipping needs every gradient before the step: only then the loss-backward-step path
+        step = AlraoStep(model, optimizer) if not math.isfinite(self.max_grad_norm) else None
         losses = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -392,18 +396,25 @@ class AlraoDQN(DQN):
                 next_q = next_q.max(dim=1).values.reshape(-1, 1)
                 target = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q
             target = target.reshape(-1)
-            out = self.q_net.alrao_output(replay_data.observations).gather(replay_data.actions.long().reshape(-1))
-            if self.td_variance == "running":
-                mse = float(th.nn.functional.mse_loss(out.prediction, target))
-                self.heads_variance = running_td_variance(self.heads_variance, mse)
-            loss, head_ll = model.loss(out, target, variance=self.heads_variance or 1.0)
+            obs, actions = replay_data.observations, replay_data.actions.long().reshape(-1)
+            z = model.body(self.q_net.extract_features(obs, self.q_net.features_extractor))
+            if step is not None:
+                x = obs if isinstance(obs, th.Tensor) else None
+                losses.append(float(step(x, target, index=actions, variance=variance, features=z).loss))
+                continue
+            out = model.output(z, inputs=obs if isinstance(obs, th.Tensor) else None).gather(actions)
+            var = variance
+            if isinstance(var, RunningVariance):
+                var = var.update(float(th.nn.functional.mse_loss(out.prediction, target)))
+            loss, head_ll = model.loss(out, target, variance=var)
             losses.append(loss.item())
-            self.policy.optimizer.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            if math.isfinite(self.max_grad_norm):
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            optimizer.step()
             model.switch.update(head_ll)
+        if isinstance(variance, RunningVariance):
+            self.heads_variance = variance.value
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

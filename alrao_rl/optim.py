@@ -122,11 +122,10 @@ class _AlraoOptimizer(torch.optim.Optimizer):
     def _rates(self, params: list[Tensor]) -> list[Tensor]:
         return [self.state[p][_RATE] for p in params]
 
-    @torch.no_grad()
     def guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
         and every output head that :meth:`alrao_rl.AlraoModel.loss` found dead (called after each
-        update by ``step`` and :class:`alrao_rl.AlraoStep`).
+        update by ``step`` and :class:`alrao_rl.AlraoStep`, under ``torch.no_grad()``).
 
         :param updated: the ``(group, params)`` pairs just updated.
         """

@@ -8,23 +8,26 @@
 
 does what ``model.loss`` + ``loss.backward()`` + ``optimizer.step()`` + ``model.switch.update`` do
 (Algorithm 1: the body follows the gradient of the mixture's negative log-likelihood, head ``j``
-the gradient of its own, then the switch sees every head's likelihood), with the same safety,
-in about as many torch calls as a plain SGD step:
+the gradient of its own, then the switch sees every head's likelihood), with the same safety, in
+about as many torch calls as a plain SGD step. With ``u_jb`` head ``j``'s output on sample ``b``,
+``g_jb = dL_j/du_jb`` and the responsibilities ``q_jb`` (module docstring of :mod:`alrao_rl.losses`):
 
 * the heads run without autograd, as one batched matmul ``[P, M, in] x [P, in, N*out]``;
-* with ``g_jb = dL_j/du_jb`` (module docstring of :mod:`alrao_rl.losses`) and the
-  responsibilities ``q_jb``, the body's gradient is ``autograd.grad(z, body, sum_j q_j g_j W_j)``,
-  one small product to form;
-* with SGD, head ``j``'s own step ``-lr eta_j g_j^T [z, 1]`` is one in-place ``baddbmm_`` whose
-  ``[P, M, N*out]`` factor already holds ``lr eta_j / M`` (and the ``head_step`` normalization);
-  with momentum, weight decay or Adam the heads' gradients go through the optimizer instead;
+* the body's gradient is ``autograd.grad(z, body, sum_j q_j g_j W_j)``: one small product to form;
+* head ``j``'s own gradient ``g_j^T [z, 1]`` is one more product; with SGD it is applied in place,
+  its rate ``lr eta_j`` (and the ``head_step`` normalization) folded into one ``addcmul_``; with
+  momentum, weight decay or Adam it goes through the optimizer;
 * the per-unit rates are one ``_foreach_addcmul_``; the guard and the switch update are the
   optimizer's and the switch's own.
 
-Everything rare costs only when it happens and is sorted out by :meth:`AlraoStep._rare_masks`:
-non-finite inputs or targets (bad data: the step is skipped with a warning, nothing frozen), a
-non-finite body feature (its fault: the feature is marked dead, no head blamed), heads whose outputs
-or likelihoods are not finite (left out and marked dead, then zeroed and frozen by the optimizer).
+The constant of a Gaussian log-likelihood is the same for every head: it is left out of the
+``[M, N]`` arithmetic (it cancels in ``q``) and added to the few numbers that carry it.
+
+Everything rare costs only when it happens and is sorted out by :meth:`AlraoStep._rare`: non-finite
+inputs or targets (bad data: the batch trains nothing, with a warning, and nothing is frozen), a
+non-finite body feature (the body's fault: the feature is marked dead, no head is blamed), heads
+whose outputs or likelihoods are not finite (left out and marked dead, then zeroed and frozen by the
+optimizer).
 
 **Members.** A model built with ``members=P`` holds ``P`` independent runs (a population): its body
 maps ``[P, ...]`` to ``[P, ..., in]``, every body parameter has a leading member dimension, heads,
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .losses import _LOG_2PI, check_target, curvature_trace
+from .losses import _LOG_2PI, check_target
 from .model import AlraoModel
 from .optim import AlraoAdam, AlraoSGD
 from .variance import RunningVariance
@@ -55,14 +58,14 @@ _RATE = "alrao_rate"
 class StepResult(NamedTuple):
     """What one :class:`AlraoStep` call did.
 
-    ``loss``: the mixture negative log-likelihood before the step (no gradient), a scalar, or
-    ``[P]`` with members. ``head_ll``: float64 ``[N]`` (``[P, N]``) minibatch-mean
-    log-likelihoods the switch was updated with (``-inf`` for dead or left-out heads).
-    ``skipped``: the batch trained nothing (bad data, or no usable head): a bool, or ``[P]``.
-    ``variance``: the heads' Gaussian variance used (regression), a float or ``[P]`` array.
+    ``loss``: the mixture negative log-likelihood of the batch before the step (NaN if it trained
+    nothing): a float, or a ``[P]`` array with members. ``head_ll``: float64 ``[N]`` (``[P, N]``)
+    minibatch-mean log-likelihoods the switch was updated with (``-inf`` for dead or left-out
+    heads). ``skipped``: the batch trained nothing (bad data, or no usable head): a bool, or ``[P]``.
+    ``variance``: the heads' Gaussian variance used (regression; 1 for classification).
     """
 
-    loss: Tensor
+    loss: float | np.ndarray
     head_ll: np.ndarray
     skipped: bool | np.ndarray
     variance: float | np.ndarray
@@ -83,12 +86,12 @@ class AlraoStep:
         if not isinstance(optimizer, (AlraoSGD, AlraoAdam)):
             raise TypeError(f"optimizer must be an AlraoSGD or AlraoAdam, got {type(optimizer).__name__}")
         heads = model.heads
-        head_params = [p for p in (heads.weight, heads.bias) if p is not None]
-        if not all(p in optimizer.state for p in head_params) or heads not in optimizer._heads:
+        self._head_params = [heads.weight] if heads.bias is None else [heads.weight, heads.bias]
+        if not all(p in optimizer.state for p in self._head_params) or heads not in optimizer._heads:
             raise ValueError("optimizer was not built over this model's heads")
         self.model = model
         self.optimizer = optimizer
-        ids = {id(p) for p in head_params}
+        ids = {id(p) for p in self._head_params}
         body_groups = [g for g in optimizer.param_groups if not any(id(p) in ids for p in g["params"])]
         self._head_group = next(g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"]))
         self._body_group: dict[str, Any] | None = body_groups[0] if body_groups else None
@@ -98,6 +101,10 @@ class AlraoStep:
             if bad:
                 raise ValueError(f"every body parameter of a model with members needs a leading dimension "
                                  f"{model.members}, got shapes {bad}")
+        self._checked = [(self._head_group, self._head_params)]
+        if self._body_group is not None:
+            self._checked.insert(0, (self._body_group, self._body))
+        self._cache: dict[str, Any] = {}
 
     def __call__(
         self,
@@ -125,155 +132,144 @@ class AlraoStep:
             if x is None:
                 raise ValueError("x is needed when features is not given")
             features = model.body(x)
-        task = model.task
-        target = check_target(features, target, index, task, heads.out_features)
+        if model.task == "classification" and index is not None:
+            raise ValueError("index selects regression outputs; classification uses every class")
+        target = check_target(features, target, index, model.task, heads.out_features)
         z = heads.mask_features(features)
-        members = model.members
-        p = 1 if members is None else members
-        n, c, d = heads.n_heads, heads.out_features, heads.in_features
-        z3 = z.reshape(p, -1, d)
-        m = z3.shape[1]
-        with torch.no_grad():
-            w3 = heads.weight.view(p, n * c, d)
-            bias = heads.bias
-            b3 = None if bias is None else bias.view(p, 1, n * c)
-            zd = z3.detach()
-            log_a, a = model.switch.averaging_weights(model.averaging == "filtered", zd.dtype, zd.device)
-            parts = _Parts(p, m, n, c, task, index, target, log_a.view(p, 1, n), a.view(p, 1, n), w3, b3, zd)
-            var = self._variance(parts, variance)
-            ll = parts.log_likelihoods(var)
-            head_ll = ll.mean(dim=1)
-            ll_host = head_ll.double().numpy()
+        p = model.members or 1
+        z3 = z.reshape(p, -1, heads.in_features)
+        with torch.no_grad():  # (autograd.grad below still runs the body's backward)
+            b = _Batch(self, z3, target, index)
+            var = self._variance(b, variance)
+            ll = b.log_likelihoods(var)
             skip = None
-            if not np.isfinite(ll_host).all():  # rare: bad data, a diverged feature or head
-                z, skip = self._rare_masks(parts, x, features, var)
+            if not np.isfinite(ll).all():  # rare: bad data, a diverged feature or head
+                z3, skip = self._rare(b, x, features, var)
                 if skip is not None and skip.all():
                     self.optimizer.guard([(g, g["params"]) for g in self.optimizer.param_groups])
-                    return self._skipped(parts, var)
-                with torch.enable_grad():
-                    z3 = z.reshape(p, -1, d)
-                ll = parts.log_likelihoods(var)
-                head_ll = torch.where(parts.usable, ll.mean(dim=1), -math.inf) if parts.usable is not None else None
-                ll_host = head_ll.double().numpy()
-            loss = parts.mixture(ll)
-            if skip is not None:
-                loss = torch.where(torch.from_numpy(skip), math.nan, loss)
-            grad_z = parts.body_gradient(var, skip)
-            own = self._own_factor(parts, var, skip)
-        body_grads = torch.autograd.grad(z3, self._body, grad_z, allow_unused=True) if self._body else ()
-        with torch.no_grad():
-            self._update(parts, body_grads, own, skip)
+                    return self._result(np.full(p, math.nan), np.full((p, b.n), -np.inf), skip, var)
+                ll = b.log_likelihoods(var)
+            loss = b.mixture()
+            grad_z = b.body_gradient(var)
+            own = b.own_gradient()
+            body_grads = torch.autograd.grad(z3, self._body, grad_z, allow_unused=True) if self._body else ()
+            self._update(b, body_grads, own, var, skip)
         if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
-            ll_host = np.where(heads.dead.view(p, n).numpy(), -np.inf, ll_host)
+            ll = np.where(heads.dead.view(p, b.n).numpy(), -np.inf, ll)
         if skip is not None:
-            ll_host = np.where(skip[:, None], -np.inf, ll_host)
-        model.switch.update(ll_host[0].tolist() if members is None else ll_host)
-        return StepResult(
-            loss[0] if members is None else loss,
-            ll_host[0] if members is None else ll_host,
-            False if skip is None else (bool(skip[0]) if members is None else skip),
-            _public(var, members),
-        )
+            ll, loss = np.where(skip[:, None], -np.inf, ll), np.where(skip, math.nan, loss)
+        model.switch.update(ll[0].tolist() if model.members is None else ll)
+        return self._result(loss, ll, skip, var)
 
     # --- pieces -------------------------------------------------------------------------------------
 
-    def _variance(self, parts: _Parts, variance: float | np.ndarray | RunningVariance) -> float | Tensor:
-        """``sigma^2`` as a float (one run, or one value for all) or a ``[P, 1, 1]`` tensor."""
-        if parts.task != "regression":
+    def _variance(self, b: _Batch, variance: float | np.ndarray | RunningVariance) -> float | np.ndarray:
+        """``sigma^2``: a float (one run, or one value for all members) or a ``[P]`` array."""
+        if b.task != "regression":
             return 1.0
         if isinstance(variance, RunningVariance):
-            variance = variance.update(parts.averaged_mse())
+            variance = variance.update(b.averaged_mse())
         if isinstance(variance, (int, float)):
             if not (math.isfinite(variance) and variance > 0):
                 raise ValueError(f"variance must be a finite number > 0, got {variance!r}")
             return float(variance)
         values = np.asarray(variance, dtype=np.float64).reshape(-1)
-        if values.shape != (parts.p,) or not (np.isfinite(values).all() and (values > 0).all()):
-            raise ValueError(f"variance must be {parts.p} finite numbers > 0, got {variance!r}")
-        if parts.p == 1:
-            return float(values[0])
-        return torch.from_numpy(values).to(parts.zd.dtype).view(parts.p, 1, 1)
-
-    def _own_factor(self, parts: _Parts, var: float | Tensor, skip: np.ndarray | None) -> Tensor:
-        """Each head's own gradient ``dL_j/du`` spread to ``[P, M, N*out]`` (Algorithm 1, line 15):
-        ``g_j / M`` (``/ sigma^2`` for regression), or ``g_j / (M tr F)`` with ``tr F`` without its
-        ``1/sigma^2`` for a normalized step (the ``sigma^2`` cancels); times ``lr eta_j`` when
-        plain SGD applies it in place. The weight gradient is then ``own^T z``, the bias's
-        ``sum_b own``."""
-        p, n = parts.p, parts.n
-        if self.model.head_step == "normalized":
-            trace = curvature_trace(parts.zd, parts.b3 is not None, members=True).view(p, 1, 1)
-            coef = trace.mul_(parts.m).reciprocal_()
-        elif parts.task == "regression":
-            coef = 1.0 / (parts.m * var)
-        else:
-            coef = 1.0 / parts.m
-        if self.optimizer.plain:
-            rate = self.optimizer.state[self.model.heads.weight][_RATE].view(p, 1, n)
-            coef = rate * (coef * self._head_group["lr"])
-        elif isinstance(coef, float):
-            coef = parts.zd.new_full((p, 1, n), coef)
-        if parts.usable is not None:
-            coef = torch.where(parts.usable.view(p, 1, n), coef, 0.0)
-        if skip is not None:
-            coef = torch.where(torch.from_numpy(~skip).view(p, 1, 1), coef, 0.0)
-        if parts.index is None:
-            coef = coef.unsqueeze(3)
-        return parts.spread(parts.g * coef)
+        if values.shape != (b.p,) or not (np.isfinite(values).all() and (values > 0).all()):
+            raise ValueError(f"variance must be {b.p} finite numbers > 0, got {variance!r}")
+        return float(values[0]) if b.p == 1 else values
 
     def _update(
-        self, parts: _Parts, body_grads: tuple[Tensor | None, ...], own: Tensor, skip: np.ndarray | None
+        self,
+        b: _Batch,
+        body_grads: tuple[Tensor | None, ...],
+        own: tuple[Tensor, Tensor | None],
+        var: float | np.ndarray,
+        skip: np.ndarray | None,
     ) -> None:
         """Body: the optimizer's rule with per-unit rates; heads: their own step; then the guard."""
-        opt, heads = self.optimizer, self.model.heads
+        opt = self.optimizer
         params, grads = [], []
+        keep = None if skip is None else torch.from_numpy(~skip)
         for param, grad in zip(self._body, body_grads, strict=True):
             if grad is not None:
-                if skip is not None:  # a skipped member's slice gets no step (its gradient may be NaN)
-                    keep = torch.from_numpy(~skip).view(-1, *[1] * (grad.dim() - 1))
-                    grad = torch.where(keep, grad, 0.0)
+                if keep is not None:  # a skipped member's slice gets no step (its gradient may be NaN)
+                    grad = torch.where(keep.view(-1, *[1] * (grad.dim() - 1)), grad, 0.0)
                 params.append(param)
                 grads.append(grad)
         updates: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         if params:
             updates.append((self._body_group, params, grads))  # type: ignore[arg-type]
-        head_params = [heads.weight] if heads.bias is None else [heads.weight, heads.bias]
-        # own = the heads' own gradient factor [P, M, N*out]; the rates are folded in when plain
-        grad_w = torch.bmm(own.transpose(1, 2), parts.zd)
-        if opt.plain:
-            parts.w3.sub_(grad_w)
-            if parts.b3 is not None:
-                parts.b3.sub_(own.sum(dim=1, keepdim=True))
+        # own = (the heads' own weight gradient [P, N*out, in], its bias gradient [P, N*out]), each
+        # still to be multiplied by the factor `scale` of its head
+        grad_w, grad_b = own
+        scale = self._head_scale(b, var)  # a float, or [P, 1, 1]
+        if keep is not None:
+            scale = torch.where(keep.view(-1, 1, 1), torch.as_tensor(scale, dtype=grad_w.dtype), 0.0)
+        if opt.plain:  # p <- p - lr eta_j scale g, in place
+            lr = -self._head_group["lr"]
+            rate_w, rate_b = self._head_rates(b)
+            bias = b.b3.view(b.p, -1) if grad_b is not None else None
+            if isinstance(scale, float):
+                b.w3.addcmul_(grad_w, rate_w, value=lr * scale)
+                if bias is not None:
+                    bias.addcmul_(grad_b, rate_b, value=lr * scale)
+            else:
+                b.w3.addcmul_(grad_w.mul_(scale), rate_w, value=lr)
+                if bias is not None:
+                    bias.addcmul_(grad_b.mul_(scale.view(-1, 1)), rate_b, value=lr)
         else:
-            head_grads = [grad_w.view_as(heads.weight)]
-            if heads.bias is not None:
-                head_grads.append(own.sum(dim=1).view_as(heads.bias))
-            updates.append((self._head_group, head_params, head_grads))
+            head_grads = [grad_w.mul_(scale).view_as(self._head_params[0])]
+            if grad_b is not None:
+                head_grads.append(grad_b.mul_(scale if isinstance(scale, float) else scale.view(-1, 1))
+                                  .view_as(self._head_params[1]))
+            updates.append((self._head_group, self._head_params, head_grads))
         if updates:
             opt._update(updates)
-        checked = [(self._head_group, head_params)]
-        if params:
-            checked.insert(0, (self._body_group, params))  # type: ignore[arg-type]
-        opt.guard(checked)
+        opt.guard(self._checked)
 
-    def _rare_masks(
-        self, parts: _Parts, x: Tensor | None, features: Tensor, var: float | Tensor
+    def _head_scale(self, b: _Batch, var: float | np.ndarray) -> float | Tensor:
+        """What multiplies ``g_j^T [z, 1]`` (``g`` without ``1/M``): ``1/M``, ``/ sigma^2`` for
+        regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized step (whose ``sigma^2``
+        cancels the likelihood's ``1/sigma^2``)."""
+        if self.model.head_step == "normalized":
+            trace = b.curvature_trace()
+            return 1.0 / (b.m * trace) if isinstance(trace, float) else (trace * b.m).reciprocal_().view(-1, 1, 1)
+        if b.task == "classification":
+            return 1.0 / b.m
+        if isinstance(var, float):
+            return 1.0 / (b.m * var)
+        return torch.from_numpy(1.0 / (b.m * var)).to(b.zd.dtype).view(-1, 1, 1)
+
+    def _head_rates(self, b: _Batch) -> tuple[Tensor, Tensor]:
+        """The heads' rates ``eta_j`` as ``[P, N*out, 1]`` and ``[P, N*out]`` (cached until a freeze
+        or a load changes them)."""
+        state = self.optimizer.state[self.model.heads.weight][_RATE]
+        cached = self._cache.get("rates")
+        if cached is None or cached[0] is not state or cached[1] != state._version:
+            rows = state.reshape(b.p, b.n, 1).expand(b.p, b.n, b.c).reshape(b.p, b.n * b.c)
+            cached = (state, state._version, rows.unsqueeze(2), rows)
+            self._cache["rates"] = cached
+        return cached[2], cached[3]
+
+    def _rare(
+        self, b: _Batch, x: Tensor | None, features: Tensor, var: float | np.ndarray
     ) -> tuple[Tensor, np.ndarray | None]:
-        """Sort out non-finite values (module docstring); return the features to use and the
-        ``[P]`` mask of the members whose batch trains nothing (None if none)."""
+        """Sort out non-finite values (module docstring); return the features to use ``[P, M, in]``
+        and the ``[P]`` mask of the members whose batch trains nothing (None if none)."""
         model, heads = self.model, self.model.heads
-        p = parts.p
+        p = b.p
         skip = np.zeros(p, dtype=bool)
         # bad data: non-finite targets or inputs
-        if parts.target.is_floating_point():
-            skip |= ~torch.isfinite(parts.target.reshape(p, -1)).all(dim=1).numpy()
+        if b.target.is_floating_point():
+            skip |= ~torch.isfinite(b.target.reshape(p, -1)).all(dim=1).numpy()
         if x is not None and x.is_floating_point():
             skip |= ~torch.isfinite(x.reshape(p, -1)).all(dim=1).numpy()
         if skip.any():
             _warn("the batch holds non-finite inputs or targets; it trains nothing (nothing is frozen)")
         # the body's fault: non-finite features
-        z = heads.mask_features(features)
-        bad = torch.isfinite(parts.zd).logical_not_().any(dim=1)  # [P, d]: feature non-finite somewhere
+        with torch.enable_grad():  # (called under no_grad) the body's gradient flows through the mask
+            z3 = heads.mask_features(features).reshape(p, -1, heads.in_features)
+        bad = torch.isfinite(b.zd).logical_not_().any(dim=1)  # [P, in]: feature non-finite somewhere
         bad &= torch.from_numpy(~skip).view(p, 1)
         if bool(bad.any()):
             every = bad.all(dim=1).numpy()
@@ -283,13 +279,12 @@ class AlraoStep:
                 skip |= every
                 bad &= torch.from_numpy(~every).view(p, 1)
             heads.mark_dead_features(bad if model.members is not None else bad[0])
-            with torch.enable_grad():  # (called under no_grad) the body's gradient flows through the mask
-                z = heads.mask_features(features)
-            parts.set_features(z.reshape(p, -1, parts.zd.shape[-1]).detach())
+            with torch.enable_grad():
+                z3 = heads.mask_features(features).reshape(p, -1, heads.in_features)
+            b.set_features(z3)
         # the heads' fault: non-finite outputs or likelihoods
-        ll = parts.log_likelihoods(var)
-        usable = torch.isfinite(parts.values.view(p, parts.m, parts.n, -1)).all(dim=3).all(dim=1)
-        usable &= torch.isfinite(ll).all(dim=1)
+        usable = torch.isfinite(b.values.view(p, b.m, b.n, b.c)).all(dim=3).all(dim=1)
+        usable &= torch.from_numpy(np.isfinite(b.log_likelihoods(var)))
         none = ~usable.any(dim=1).numpy() & ~skip
         if none.any():
             _warn("no head has a finite likelihood on this batch (the body diverged?); it trains nothing")
@@ -297,153 +292,187 @@ class AlraoStep:
         dead = ~usable & torch.from_numpy(~skip).view(p, 1)
         if bool(dead.any()):
             heads.mark_dead(dead if model.members is not None else dead[0])
-        usable |= torch.from_numpy(skip).view(p, 1)  # (skipped members: computed, then discarded)
-        parts.restrict(usable, skip)
-        return z, (skip if skip.any() else None)
+        b.restrict(usable, skip)
+        return z3, (skip if skip.any() else None)
 
-    def _skipped(self, parts: _Parts, var: float | Tensor) -> StepResult:
-        """Every member's batch trains nothing: no update at all."""
-        members = self.model.members
-        nan = torch.full((parts.p,), math.nan)
-        head_ll = np.full((parts.p, parts.n), -np.inf)
-        return StepResult(
-            nan[0] if members is None else nan,
-            head_ll[0] if members is None else head_ll,
-            True if members is None else np.ones(parts.p, dtype=bool),
-            _public(var, members),
-        )
+    def _result(self, loss: np.ndarray, ll: np.ndarray, skip: np.ndarray | None, var: float | np.ndarray) -> StepResult:
+        if self.model.members is None:
+            return StepResult(float(loss[0]), ll[0], bool(skip is not None and skip[0]), float(var))  # type: ignore[arg-type]
+        p = self.model.members
+        skipped = np.zeros(p, dtype=bool) if skip is None else skip
+        return StepResult(loss, ll, skipped, np.broadcast_to(np.asarray(var, dtype=np.float64), (p,)).copy())
 
 
-class _Parts:
-    """The tensors of one step, laid out ``[P, M, ...]`` (members, samples), and the closed-form
-    pieces of Algorithm 1's gradients computed from them (all under no_grad)."""
+class _Batch:
+    """One minibatch laid out ``[P, M, ...]`` (members, samples) and the closed-form pieces of
+    Algorithm 1's gradients computed from it, in order (all under no_grad):
+    :meth:`log_likelihoods` -> :meth:`mixture` -> :meth:`body_gradient` -> :meth:`own_gradient`."""
 
-    def __init__(
-        self, p: int, m: int, n: int, c: int, task: str, index: Tensor | None, target: Tensor,
-        log_a: Tensor, a: Tensor, w3: Tensor, b3: Tensor | None, zd: Tensor,
-    ) -> None:
-        self.p, self.m, self.n, self.c, self.task = p, m, n, c, task
+    def __init__(self, step: AlraoStep, z3: Tensor, target: Tensor, index: Tensor | None) -> None:
+        model, heads = step.model, step.model.heads
+        self.task = model.task
+        self.p, self.m = z3.shape[0], z3.shape[1]
+        self.n, self.c = heads.n_heads, heads.out_features
+        self.w3, self.w3t, self.b3 = _head_views(step._cache, heads.weight, heads.bias, self.p)
+        self.w_read = self.w3
+        log_a, a = model.switch.averaging_weights(model.averaging == "filtered", z3.dtype, z3.device)
+        self.log_a, self.a = log_a.view(self.p, 1, self.n), a
         self.target = target
-        self.log_a, self.a = log_a, a
-        self.w3, self.b3 = w3, b3
         self.usable: Tensor | None = None
-        self.onehot: Tensor | None = None
-        self.index = None if index is None else index.reshape(p, m, 1, 1).expand(p, m, n, 1)
-        self.set_features(zd)
+        self.flat_index = None
+        if index is not None:  # column of head j's selected output in the [P, M, N*out] outputs
+            offsets = step._cache.get("offsets")
+            if offsets is None or offsets.numel() != self.n:
+                offsets = step._cache["offsets"] = torch.arange(0, self.n * self.c, self.c, device=z3.device)
+            self.flat_index = index.view(self.p, self.m, 1) + offsets
+        self.set_features(z3)
 
-    def set_features(self, zd: Tensor) -> None:
+    def set_features(self, z3: Tensor) -> None:
         """The heads' input ``[P, M, in]`` and their outputs ``[P, M, N*out]`` on it."""
-        self.zd = zd
-        w = self.w3.transpose(1, 2)
-        self.values = torch.bmm(zd, w) if self.b3 is None else torch.baddbmm(self.b3, zd, w)
+        self.zd = z3
+        self.diff: Tensor | None = None
+        self.values = torch.baddbmm(self.b3, z3, self.w3t) if self.b3 is not None else torch.bmm(z3, self.w3t)
 
     def restrict(self, usable: Tensor, skip: np.ndarray) -> None:
         """Leave the unusable heads ``[P, N]`` out: averaging weight 0 (renormalized), no gradient,
         weights not read. A skipped member's outputs, inputs and targets are read as zeros (its
         step is computed finite, then discarded); its heads count as usable."""
+        p, n, c = self.p, self.n, self.c
         keep = torch.from_numpy(~skip)
-        usable = usable | ~keep.view(self.p, 1)
+        usable = usable | ~keep.view(p, 1)
         self.usable = usable
-        log_a = torch.where(usable.view(self.p, 1, self.n), self.log_a, -math.inf)
+        log_a = torch.where(usable.view(p, 1, n), self.log_a, -math.inf)
         self.log_a = log_a - torch.logsumexp(log_a, dim=2, keepdim=True)
-        self.a = self.log_a.exp()
-        rows = usable.repeat_interleave(self.c, dim=1).view(self.p, self.n * self.c, 1)
-        self.w3_read = torch.where(rows, self.w3, 0.0)  # 0 * inf = NaN must not reach dz
-        cols = usable & keep.view(self.p, 1)
-        cols = cols.view(self.p, 1, self.n, 1).expand(-1, -1, -1, self.c).reshape(self.p, 1, -1)
+        self.a = self.log_a.exp().view(-1) if p == 1 else self.log_a.exp().view(p, n)
+        rows = usable.repeat_interleave(c, dim=1)
+        self.w_read = torch.where(rows.view(p, n * c, 1), self.w3, 0.0)  # 0 * inf = NaN must not reach dz
+        cols = (rows & keep.view(p, 1)).view(p, 1, n * c)
         self.values = torch.where(cols, self.values, 0.0)
         if skip.any():
-            self.zd = torch.where(keep.view(self.p, 1, 1), self.zd, 0.0)
+            self.zd = torch.where(keep.view(p, 1, 1), self.zd, 0.0)
             if self.target.is_floating_point():
-                lead = (self.p,) + (1,) * (self.target.dim() - 1)
-                self.target = torch.where(keep.view(lead), self.target, 0.0)
+                self.target = torch.where(keep.view((p,) + (1,) * (self.target.dim() - 1)), self.target, 0.0)
 
-    def selected(self) -> Tensor:
-        """Regression outputs ``u``: ``[P, M, N]`` (the selected output) or ``[P, M, N, out]``."""
+    # --- regression --------------------------------------------------------------------------------
+
+    def _diff(self) -> Tensor:
+        """``mu - y``: ``[P, M, N]`` for the selected output, else ``[P, M, N, out]``."""
+        if self.flat_index is not None:
+            return self.values.gather(2, self.flat_index) - self.target.view(self.p, self.m, 1)
         values = self.values.view(self.p, self.m, self.n, self.c)
-        if self.index is None:
-            return values
-        return values.gather(3, self.index).view(self.p, self.m, self.n)
-
-    def _targets(self) -> Tensor:
-        if self.index is None:
-            return self.target.reshape(self.p, self.m, 1, self.c)
-        return self.target.reshape(self.p, self.m, 1)
+        return values - self.target.reshape(self.p, self.m, 1, self.c)
 
     def averaged_mse(self) -> float | np.ndarray:
-        """The averaged model's mean squared error per member (a float for one member)."""
-        u = self.selected()
-        a = self.a if self.index is not None else self.a.unsqueeze(3)
-        prediction = (u * a).sum(dim=2, keepdim=True)
-        mse = (prediction - self._targets()).square().mean(dim=tuple(range(1, u.dim())))
-        return float(mse) if self.p == 1 else mse.double().numpy()
-
-    def log_likelihoods(self, var: float | Tensor) -> Tensor:
-        """``log p_j(y_b)`` ``[P, M, N]``; keeps what the gradients need (``diff`` or ``log p``)."""
-        if self.task == "classification":
-            self.log_p = torch.log_softmax(self.values.view(self.p, self.m, self.n, self.c), dim=3)
-            y = self.target.reshape(self.p, self.m, 1, 1).expand(self.p, self.m, self.n, 1)
-            self.y_index = y
-            ll = self.log_p.gather(3, y).view(self.p, self.m, self.n)
+        """The averaged model's mean squared error per output, ``mean_b ||sum_j a_j mu_jb - y_b||^2 /
+        out``, per member (``sum_j a_j = 1``: the averaged error is the average of the heads')."""
+        self.diff = diff = self._diff()
+        if self.flat_index is not None:
+            error = torch.bmm(diff, self.a.view(self.p, self.n, 1))  # [P, M, 1]
         else:
-            self.diff = self.selected() - self._targets()  # mu - y
-            sq = self.diff.square() if self.index is not None else self.diff.square().sum(dim=3)
-            dim = 1 if self.index is not None else self.c
-            if isinstance(var, float):
-                ll = sq.mul_(-0.5 / var).sub_(0.5 * dim * (_LOG_2PI + math.log(var)))
-            else:
-                ll = torch.addcmul(-0.5 * dim * (_LOG_2PI + var.log()), sq, -0.5 / var)
+            error = torch.matmul(self.a.view(self.p, 1, 1, self.n), diff)  # [P, M, 1, out]
+        total = torch.bmm(error.view(self.p, 1, -1), error.view(self.p, -1, 1)).view(-1) / error[0].numel()
+        return float(total) if self.p == 1 else total.double().numpy()
+
+    def log_likelihoods(self, var: float | np.ndarray) -> np.ndarray:
+        """``ll_j = mean_b log p_j(y_b)``, float64 ``[P, N]``, and what :meth:`mixture` needs:
+        ``joint = log a_j + log p_j(y_b) - const`` ``[P, M, N]``."""
+        if self.task == "classification":
+            values = self.values.view(self.p, self.m, self.n, self.c)
+            self.log_p = torch.log_softmax(values, dim=3)
+            self.y_index = self.target.reshape(self.p, self.m, 1, 1).expand(self.p, self.m, self.n, 1)
+            ll = self.log_p.gather(3, self.y_index).view(self.p, self.m, self.n)
+            if self.usable is not None:
+                ll = torch.where(self.usable.view(self.p, 1, self.n), ll, 0.0)
+            self.joint, self.const = ll + self.log_a, 0.0
+            return ll.sum(dim=1).numpy().astype(np.float64) / self.m
+        if self.diff is None or self.usable is not None:
+            self.diff = self._diff()
+        diff = self.diff
         if self.usable is not None:
-            ll = torch.where(self.usable.view(self.p, 1, self.n), ll, 0.0)
+            lead = (self.p, 1, self.n) + ((1,) if diff.dim() == 4 else ())
+            self.diff = diff = torch.where(self.usable.view(lead), diff, 0.0)
+        sq = diff.square() if diff.dim() == 3 else diff.square().sum(dim=3)
+        dim = 1 if diff.dim() == 3 else self.c
+        # log p_j(y_b) = -sq / (2 sigma^2) + const, const = -dim/2 log(2 pi sigma^2)
+        if isinstance(var, float):
+            self.joint = torch.add(self.log_a, sq, alpha=-0.5 / var)
+            self.const = -0.5 * dim * (_LOG_2PI + math.log(var))
+            coef, const = -0.5 / (var * self.m), self.const
+        else:
+            coef_t = torch.from_numpy(-0.5 / var).to(sq.dtype).view(self.p, 1, 1)
+            self.joint = torch.addcmul(self.log_a, sq, coef_t)
+            self.const = -0.5 * dim * (_LOG_2PI + np.log(var))
+            coef, const = (-0.5 / (var * self.m))[:, None], self.const[:, None]
+        ll = sq.sum(dim=1).numpy().astype(np.float64)
+        ll *= coef
+        ll += const
         return ll
 
-    def mixture(self, ll: Tensor) -> Tensor:
-        """``L_mix = -mean_b log sum_j a_j p_j(y_b)`` ``[P]``; keeps the responsibilities ``q``."""
-        joint = ll + self.log_a
+    # --- gradients -----------------------------------------------------------------------------------
+
+    def mixture(self) -> np.ndarray:
+        """``L_mix = -mean_b log sum_j a_j p_j(y_b)``, float64 ``[P]``; keeps the responsibilities
+        ``q_jb`` (a softmax of ``joint`` over heads)."""
+        joint = self.joint
         top = joint.amax(dim=2, keepdim=True)
         q = joint.sub_(top).exp_()
         total = q.sum(dim=2, keepdim=True)
         self.q = q.div_(total)
-        return total.log_().add_(top).mean(dim=(1, 2)).neg_()
+        log_mixture = total.log_().add_(top).sum(dim=(1, 2)).numpy().astype(np.float64) / self.m
+        return -(log_mixture + self.const)
 
-    def _output_gradient(self) -> Tensor:
-        """``g_jb`` without its ``1/M`` (and ``1/sigma^2``): ``[P, M, N]`` or ``[P, M, N, out]``;
-        zero for the unusable heads."""
+    def body_gradient(self, var: float | np.ndarray) -> Tensor:
+        """``dL_mix/dz = sum_j q_j g_j W_j`` ``[P, M, in]`` (Algorithm 1, line 12), with
+        ``g = (mu - y) / (M sigma^2)`` or ``(softmax - onehot) / M``."""
         if self.task == "classification":
-            g = self.log_p.exp().scatter_add_(3, self.y_index, self.log_p.new_full(self.y_index.shape, -1.0))
+            y = self.y_index
+            self.g = self.log_p.exp_().scatter_add_(3, y, self.log_p.new_full(y.shape, -1.0))
+            scale: float | Tensor = 1.0 / self.m
         else:
-            g = self.diff
-        if self.usable is not None:
-            lead = (self.p, 1, self.n) + ((1,) if g.dim() == 4 else ())
-            g = torch.where(self.usable.view(lead), g, 0.0)
-        return g
+            self.g = self.diff
+            scale = 1.0 / (self.m * var) if isinstance(var, float) else torch.from_numpy(
+                1.0 / (self.m * var)).to(self.g.dtype).view(self.p, 1, 1)
+        q = self.q.mul_(scale)
+        mix = self.g * (q if self.g.dim() == 3 else q.unsqueeze(3))
+        if self.flat_index is not None:  # spread the selected outputs' factors (own and mixture's) at once
+            both = self.values.new_zeros(2, self.p, self.m, self.n * self.c)
+            both.scatter_(3, self.flat_index.expand(2, -1, -1, -1), torch.stack((self.g, mix)))
+            self.g, mix = both.unbind(0)
+        else:
+            self.g = self.g.view(self.p, self.m, -1)
+            mix = mix.view(self.p, self.m, -1)
+        return torch.bmm(mix, self.w_read)
 
-    def spread(self, factor: Tensor) -> Tensor:
-        """Factors of the heads' outputs as ``[P, M, N*out]``: the selected outputs' ``[P, M, N]``
-        factors go to their column (zeros elsewhere)."""
-        if self.index is None:
-            return factor.reshape(self.p, self.m, self.n * self.c)
-        if self.onehot is None:
-            self.onehot = self.values.new_zeros(self.p, self.m, 1, self.c).scatter_(3, self.index[:, :, :1], 1.0)
-        return (factor.unsqueeze(3) * self.onehot).view(self.p, self.m, self.n * self.c)
+    def own_gradient(self) -> tuple[Tensor, Tensor | None]:
+        """Each head's own ``g_j^T z`` ``[P, N*out, in]`` and ``sum_b g_jb`` ``[P, N*out]`` (Algorithm 1,
+        line 15), ``g`` without its factor (see :meth:`AlraoStep._head_scale`)."""
+        g = self.g
+        grad_w = torch.bmm(g.transpose(1, 2), self.zd)
+        return grad_w, (g.sum(dim=1) if self.b3 is not None else None)
 
-    def body_gradient(self, var: float | Tensor, skip: np.ndarray | None) -> Tensor:
-        """``dL_mix/dz = sum_j q_j g_j W_j`` ``[P, M, in]`` (Algorithm 1, line 12)."""
-        self.g = self._output_gradient()
-        scale = 1.0 / (self.m * var) if self.task == "regression" else 1.0 / self.m
-        weights = self.q * scale if self.index is not None else (self.q * scale).unsqueeze(3)
-        grad_z = torch.bmm(self.spread(self.g * weights), self.w3 if self.usable is None else self.w3_read)
-        if skip is not None:
-            grad_z = torch.where(torch.from_numpy(~skip).view(self.p, 1, 1), grad_z, 0.0)
-        return grad_z
+    def curvature_trace(self) -> float | Tensor:
+        """``E_b ||[z_b, 1]||^2`` (the ``1`` with biases): a float, or ``[P]`` with members."""
+        one = 1.0 if self.b3 is not None else 0.0
+        if self.p == 1:
+            z = self.zd.reshape(-1)
+            return float(torch.dot(z, z)) / self.m + one
+        z = self.zd.reshape(self.p, -1)
+        return torch.linalg.vecdot(z, z).div_(self.m).add_(one)
 
 
-def _public(var: float | Tensor, members: int | None) -> float | np.ndarray:
-    if isinstance(var, float):
-        return var if members is None else np.full(members, var)
-    return var.view(-1).double().numpy()
+def _head_views(cache: dict[str, Any], weight: Tensor, bias: Tensor | None, p: int) -> tuple:
+    """``[P, N*out, in]`` and transposed views of the heads' weight and ``[P, 1, N*out]`` of the bias,
+    cached while they view the same storage."""
+    cached = cache.get("views")
+    if cached is not None and cached[0] is weight and cached[1].data_ptr() == weight.data_ptr() and (
+        bias is None or cached[3].data_ptr() == bias.data_ptr()
+    ):
+        return cached[1], cached[2], cached[3]
+    w3 = weight.detach().view(p, -1, weight.shape[-1])
+    b3 = None if bias is None else bias.detach().view(p, 1, -1)
+    cache["views"] = (weight, w3, w3.transpose(1, 2), b3)
+    return w3, w3.transpose(1, 2), b3
 
 
 def _warn(message: str) -> None:
     warnings.warn(f"AlraoStep: {message}", RuntimeWarning, stacklevel=4)
-

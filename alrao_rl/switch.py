@@ -47,6 +47,7 @@ from torch import Tensor, nn
 __all__ = ["Switch", "switch_update"]
 
 _STATE = ("log_weights", "log_predictive", "log_filtered", "steps")
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def switch_update(
@@ -209,26 +210,27 @@ class Switch(nn.Module):
         if best == -math.inf:
             return False
         weights, predictive, filtered, steps = host
+        exp, log, log1p = math.exp, math.log, math.log1p
         # Bayes: filtered_j ∝ predictive_j p_j(y_t), with predictive_j = sum_s w_t(s, j) (all finite)
         joint = [lp + (x - best) for lp, x in zip(predictive.tolist(), ll, strict=True)]
-        total = _logsumexp(joint)
+        top = max(joint)
+        total = top + log(sum([exp(v - top) for v in joint]))
         # w~_t(s, j) = w_t(s, j) p_j(y_t) / total
         shift = [x - best - total for x in ll]
         may_switch, settled = weights.tolist()
         w0 = [w + d for w, d in zip(may_switch, shift, strict=True)]
-        t = int(steps.item()) + 1
+        t = int(steps) + 1
         # switch_in = log(alpha_t S_t / N), alpha_t = 1/(t+1)
-        log_theta, log_1m_theta = math.log(self.theta), math.log1p(-self.theta)
-        switch_in = _logsumexp(w0) - math.log(t + 1) - math.log(self.n_models)
-        stay, in0, in1 = math.log(t / (t + 1)), switch_in + log_theta, switch_in + log_1m_theta
+        top = max(w0)
+        switch_in = top + log(sum([exp(v - top) for v in w0])) - log((t + 1) * self.n_models)
+        stay, in0, in1 = log(t / (t + 1)), switch_in + log(self.theta), switch_in + log1p(-self.theta)
         # log(e^x + e^c) for a finite c (x may be -inf): max + log1p(exp(min - max))
-        exp, log1p = math.exp, math.log1p
-        new0 = [(w + stay) + log1p(exp(in0 - w - stay)) if w + stay > in0 else in0 + log1p(exp(w + stay - in0))
-                for w in w0]
-        new1 = [(w + d) + log1p(exp(in1 - w - d)) if w + d > in1 else in1 + log1p(exp(w + d - in1))
-                for w, d in zip(settled, shift, strict=True)]
+        new0 = [w + stay for w in w0]
+        new0 = [w + log1p(exp(in0 - w)) if w > in0 else in0 + log1p(exp(w - in0)) for w in new0]
+        new1 = [w + d for w, d in zip(settled, shift, strict=True)]
+        new1 = [w + log1p(exp(in1 - w)) if w > in1 else in1 + log1p(exp(w - in1)) for w in new1]
         filtered[...] = [x - total for x in joint]
-        weights[...] = [new0, new1]
+        weights[...] = (new0, new1)
         predictive[...] = [
             a + log1p(exp(b - a)) if a > b else b + log1p(exp(a - b)) for a, b in zip(new0, new1, strict=True)
         ]
@@ -257,8 +259,12 @@ class Switch(nn.Module):
         cache = self._scratch.averaging
         cached = cache.get(key)
         if cached is None:
-            log_a = source.to(device=device, dtype=dtype)
-            cached = (log_a, log_a.exp())
+            if device.type == "cpu" and dtype in _NUMPY_DTYPES:  # numpy: no torch call on the hot path
+                log_a = source.detach().numpy().astype(_NUMPY_DTYPES[dtype])
+                cached = (torch.from_numpy(log_a), torch.from_numpy(np.exp(log_a)))
+            else:
+                log_a = source.to(device=device, dtype=dtype)
+                cached = (log_a, log_a.exp())
             if len(cache) > 8:
                 cache.clear()
             cache[key] = cached
@@ -306,8 +312,3 @@ class _Scratch:
     def __reduce__(self) -> tuple:
         return (_Scratch, ())  # a copied or unpickled switch has new buffers: derive afresh
 
-
-def _logsumexp(values: list[float]) -> float:
-    """``log sum_i exp(values_i)`` without overflow."""
-    m = max(values)
-    return m if m == -math.inf else m + math.log(sum([math.exp(v - m) for v in values]))

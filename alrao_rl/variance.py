@@ -5,9 +5,10 @@ TD errors of tens on Pendulum blow high-rate units up. :class:`RunningVariance` 
 running mean of the averaged model's squared error instead, so the likelihood is scale-free:
 
 .. math::  \\sigma^2 \\leftarrow \\max(0.99\\, \\sigma^2 + 0.01\\, \\mathrm{mse},\\ 10^{-8}),
-   \\qquad \\mathrm{mse} = \\frac1M \\sum_b \\|y_b - \\textstyle\\sum_j a_j \\mu_j(x_b)\\|^2,
+   \\qquad \\mathrm{mse} = \\frac1{M d} \\sum_b \\|y_b - \\textstyle\\sum_j a_j \\mu_j(x_b)\\|^2,
 
-started at the first minibatch's ``mse``; a non-finite ``mse`` leaves it unchanged. With members
+(``d`` outputs per sample: ``sigma^2`` is the variance of each output) started at the first
+minibatch's ``mse``; a non-finite ``mse`` leaves it unchanged. With members
 (a population), each member has its own.
 """
 

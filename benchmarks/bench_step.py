@@ -1,13 +1,17 @@
 """Time of one Alrao training step / one plain ``torch.optim.SGD`` step, side by side.
 
-Each case builds the same network twice: once as ``body + nn.Linear`` trained with
-``torch.optim.SGD`` and the usual loss (MSE on the selected output, or cross-entropy), once as an
-``AlraoModel`` with N heads trained with ``AlraoSGD`` (forward, Alrao loss, backward, step, switch
-update). Both run interleaved in one process with one torch thread; the ratio is the median over
-rounds of (Alrao time / SGD time), so machine noise hits both alike.
+Each case builds the same network three times: as ``body + nn.Linear`` trained with
+``torch.optim.SGD`` and the usual loss (MSE on the selected output, or cross-entropy); as an
+``AlraoModel`` with N heads trained by the fused step (``AlraoStep``: forward, Algorithm 1's
+gradients, ``AlraoSGD``'s per-unit update, guard and switch update in one call); and as the same
+model trained by the user's loop (``model.loss``, ``backward``, ``AlraoSGD.step``,
+``switch.update``). All run interleaved in one process with one torch thread; a ratio is the
+median over rounds of (Alrao time / SGD time), so machine noise hits both alike. ``--profile``
+also counts the top-level aten calls of one step of each (torch.profiler).
 
-    python benchmarks/bench_step.py            # all cases
-    python benchmarks/bench_step.py --rounds 5 # quicker
+    python benchmarks/bench_step.py              # all cases
+    python benchmarks/bench_step.py --rounds 5   # quicker
+    python benchmarks/bench_step.py --json       # one JSON object with every ratio
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alrao_rl import AlraoModel, AlraoSGD
+from alrao_rl import AlraoModel, AlraoSGD, AlraoStep
 from alrao_rl.rates import sample_unit_rates
 
 
@@ -31,6 +36,7 @@ from alrao_rl.rates import sample_unit_rates
 class Case:
     name: str
     target: float
+    user_target: float | None
     body: Callable[[], nn.Module]
     head: Callable[[], nn.Linear]
     n_heads: int
@@ -80,14 +86,14 @@ def _regression_batch(n_in: int, n_out: int, batch: int) -> Callable:
 
 
 CASES = [
-    Case("(a) MLP 3-64-64-5, batch 64, 10 heads", 1.4, lambda: _mlp([3, 64, 64]),
+    Case("(a) MLP 3-64-64-5, batch 64, 10 heads", 1.10, 1.4, lambda: _mlp([3, 64, 64]),
          lambda: nn.Linear(64, 5), 10, "regression", _regression_batch(3, 5, 64)),
-    Case("(b) MLP 8-256-256-4, batch 128, 10 heads", 1.25, lambda: _mlp([8, 256, 256]),
+    Case("(b) MLP 8-256-256-4, batch 128, 10 heads", 1.10, 1.25, lambda: _mlp([8, 256, 256]),
          lambda: nn.Linear(256, 4), 10, "regression", _regression_batch(8, 4, 128)),
-    Case("(c) CNN 32-64-128-256, batch 32, 10 heads", 1.1, _Cnn, lambda: nn.Linear(256, 10), 10,
+    Case("(c) CNN 32-64-128-256, batch 32, 10 heads", 1.05, None, _Cnn, lambda: nn.Linear(256, 10), 10,
          "classification",
          lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g), None)),
-    Case("(d) LSTM 2x100, 50 symbols, 20x70, 6 heads", 1.15, _Lstm, lambda: nn.Linear(100, 50), 6,
+    Case("(d) LSTM 2x100, 50 symbols, 20x70, 6 heads", 1.15, None, _Lstm, lambda: nn.Linear(100, 50), 6,
          "classification",
          lambda g: (torch.randint(0, 50, (70, 20), generator=g), torch.randint(0, 50, (70, 20), generator=g), None)),
 ]
@@ -106,6 +112,7 @@ def _sgd_step(net: nn.Module, opt: torch.optim.Optimizer, task: str, batch: tupl
 
 
 def _alrao_step(model: AlraoModel, opt: AlraoSGD, batch: tuple) -> None:
+    """The user's loop: forward, loss, backward, optimizer step, switch update."""
     x, y, index = batch
     out = model(x)
     if index is not None:
@@ -146,18 +153,51 @@ def interleaved_ratio(
     return statistics.median(sgd), statistics.median(alrao), ratio
 
 
-def run_case(case: Case, rounds: int, steps: int) -> tuple[float, float, float]:
+def run_case(case: Case, rounds: int, steps: int) -> dict[str, float]:
+    """Median step times (seconds) and ratios of the fused and the user's-loop Alrao steps to SGD."""
     torch.manual_seed(0)
     body, head = case.body(), case.head()
     plain = nn.Sequential(copy.deepcopy(body), copy.deepcopy(head))
     sgd = torch.optim.SGD(plain.parameters(), lr=1e-3)
-    model = AlraoModel(body, head, case.n_heads, case.task)
     # A narrow interval keeps the benchmark numerically tame; the cost does not depend on it.
-    alrao = AlraoSGD(model, eta_min=1e-4, eta_max=1e-3, seed=0)
+    fused_model = AlraoModel(copy.deepcopy(body), copy.deepcopy(head), case.n_heads, case.task)
+    fused = AlraoStep(fused_model, AlraoSGD(fused_model, eta_min=1e-4, eta_max=1e-3, seed=0))
+    user_model = AlraoModel(body, head, case.n_heads, case.task)
+    user_opt = AlraoSGD(user_model, eta_min=1e-4, eta_max=1e-3, seed=0)
     batch = case.make_batch(torch.Generator().manual_seed(0))
-    return interleaved_ratio(
-        lambda: _sgd_step(plain, sgd, case.task, batch), lambda: _alrao_step(model, alrao, batch), rounds, steps
-    )
+    x, y, index = batch
+    runs = {
+        "sgd": lambda: _sgd_step(plain, sgd, case.task, batch),
+        "fused": lambda: fused(x, y, index=index),
+        "user": lambda: _alrao_step(user_model, user_opt, batch),
+    }
+    times = interleaved_times(runs, rounds, steps)
+    return {
+        "sgd_s": statistics.median(times["sgd"]),
+        "fused_s": statistics.median(times["fused"]),
+        "user_s": statistics.median(times["user"]),
+        "fused_ratio": statistics.median(f / s for s, f in zip(times["sgd"], times["fused"], strict=True)),
+        "user_ratio": statistics.median(u / s for s, u in zip(times["sgd"], times["user"], strict=True)),
+        "aten_calls": aten_calls(runs) if PROFILE else {},
+    }
+
+
+PROFILE = False
+
+
+def aten_calls(runs: dict[str, Callable[[], None]]) -> dict[str, int]:
+    """Top-level aten calls (not counting the ones nested in another) of one call of each run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    for name, run in runs.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        counts[name] = sum(
+            1 for e in prof.events()
+            if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        )
+    return counts
 
 
 def rate_build_time() -> float:
@@ -178,21 +218,39 @@ def rate_build_time() -> float:
 
 
 def main() -> None:
+    global PROFILE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds per case")
     parser.add_argument("--only", type=str, default="", help="run only cases whose name contains this")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with every ratio")
+    parser.add_argument("--profile", action="store_true", help="also count the aten calls per step")
     args = parser.parse_args()
+    PROFILE = args.profile
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread; ratio = median over {args.rounds} rounds")
-    print(f"{'case':46s} {'SGD step':>10s} {'Alrao step':>11s} {'ratio':>6s} {'target':>7s}")
+    results = {}
+    if not args.json:
+        print(f"torch {torch.__version__}, 1 thread; ratio = median over {args.rounds} rounds")
+        print(f"{'case':46s} {'SGD':>8s} {'fused':>8s} {'ratio':>6s} {'target':>6s} {'user':>8s} {'ratio':>6s} "
+              f"{'target':>6s}")
     for case in CASES:
         if args.only not in case.name:
             continue
         steps = 200 if "MLP" in case.name else 5
-        t_sgd, t_alrao, ratio = run_case(case, args.rounds, steps)
-        ok = "ok" if ratio <= case.target else "MISS"
-        print(f"{case.name:46s} {t_sgd * 1e6:8.0f}us {t_alrao * 1e6:9.0f}us {ratio:6.2f} {case.target:6.2f} {ok}")
-    print(f"per-unit rates for a VGG19-sized CNN built in {rate_build_time() * 1e3:.1f} ms (target < 200 ms)")
+        r = results[case.name] = run_case(case, args.rounds, steps)
+        r["target"], r["user_target"] = case.target, case.user_target
+        if not args.json:
+            ok = "ok" if r["fused_ratio"] <= case.target else "MISS"
+            user = "" if case.user_target is None else (
+                f"{case.user_target:6.2f} {'ok' if r['user_ratio'] <= case.user_target else 'MISS'}")
+            print(f"{case.name:46s} {r['sgd_s'] * 1e6:6.0f}us {r['fused_s'] * 1e6:6.0f}us {r['fused_ratio']:6.2f} "
+                  f"{case.target:6.2f} {ok:4s} {r['user_s'] * 1e6:6.0f}us {r['user_ratio']:6.2f} {user}")
+            if r["aten_calls"]:
+                print(f"{'':46s} aten calls per step: {r['aten_calls']}")
+    build = rate_build_time()
+    if args.json:
+        print(json.dumps({"cases": results, "vgg19_rates_seconds": build}))
+    else:
+        print(f"per-unit rates for a VGG19-sized CNN built in {build * 1e3:.1f} ms (target < 200 ms)")
 
 
 if __name__ == "__main__":

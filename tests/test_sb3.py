@@ -22,7 +22,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.dqn.policies import DQNPolicy
 
-from agents.dqn import DQNAgent, DQNConfig, running_td_variance
+from agents.dqn import DQNAgent, DQNConfig
+from alrao_rl import RunningVariance
+from alrao_rl.variance import running_variance
 from agents.replay_buffer import TorchReplayBatch
 from agents.sb3 import AlraoDQN, AlraoDQNPolicy, AlraoQNetwork
 from alrao_rl import AlraoSGD
@@ -110,7 +112,8 @@ def test_train_step_is_the_projects_dqn_step(td_variance: str) -> None:
     agent.q_net.load_state_dict(model.q_net.alrao_model.state_dict())
     agent.target_net.load_state_dict(model.q_net_target.alrao_model.state_dict())
     agent.optimizer.load_state_dict(model.policy.optimizer.state_dict())
-    agent.td_variance = model.heads_variance
+    if td_variance == "running":
+        agent.variance = RunningVariance(value=model.heads_variance)
     np.random.seed(123)
     data = model.replay_buffer.sample(32)
     batch = TorchReplayBatch(data.observations, data.actions.reshape(-1), data.rewards.reshape(-1),
@@ -123,11 +126,15 @@ def test_train_step_is_the_projects_dqn_step(td_variance: str) -> None:
     assert model.heads_variance == pytest.approx(agent.td_variance, rel=1e-6)
 
 
-def test_running_td_variance_is_the_formula() -> None:
-    assert running_td_variance(None, 4.0) == pytest.approx(4.0)
-    assert running_td_variance(2.0, 4.0) == pytest.approx(0.99 * 2.0 + 0.01 * 4.0)
-    assert running_td_variance(2.0, math.nan) == 2.0 and running_td_variance(None, math.inf) is None
-    assert running_td_variance(0.0, 0.0) == 1e-8
+def test_running_variance_is_the_formula() -> None:
+    assert running_variance(None, 4.0) == pytest.approx(4.0)
+    assert running_variance(2.0, 4.0) == pytest.approx(0.99 * 2.0 + 0.01 * 4.0)
+    assert running_variance(2.0, math.nan) == 2.0 and running_variance(None, math.inf) is None
+    assert running_variance(0.0, 0.0) == 1e-8
+    members = RunningVariance(members=3)
+    members.update([4.0, math.nan, 1.0])
+    values = members.update([2.0, 3.0, math.inf])
+    np.testing.assert_allclose(values, [0.99 * 4.0 + 0.01 * 2.0, 3.0, 1.0])
 
 
 def test_stock_dqn_refuses_the_alrao_policy() -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -120,18 +121,22 @@ def test_fused_steps_follow_the_literal_algorithm_1(task: str, n_out: int, head_
 
 def test_normalized_heads_stay_stable_when_the_features_grow() -> None:
     """A head's normalized step moves its outputs by at most eta_j times the residual, whatever the
-    scale of z: heads with eta_j < 2 converge on features 1000x larger, plain ones diverge."""
-    for head_step, survive in (("normalized", True), ("plain", False)):
+    scale of z: heads with eta_j < 2 fit a linear target on features 1000x larger; plain steps on
+    the same features blow every head up."""
+    losses = {}
+    for head_step in ("normalized", "plain"):
         torch.manual_seed(0)
         model = AlraoModel(nn.Identity(), nn.Linear(8, 1), 3, "regression", head_step=head_step)
-        opt = AlraoSGD(model, eta_min=0.1, eta_max=1.5, seed=0)
-        step = AlraoStep(model, opt)
+        step = AlraoStep(model, AlraoSGD(model, eta_min=0.1, eta_max=1.5, seed=0))
         gen = torch.Generator().manual_seed(0)
         w = torch.randn(8, generator=gen)
-        for _ in range(200):
-            x = 1000 * torch.randn(32, 8, generator=gen)
-            step(x, (x @ w).unsqueeze(1), variance=1.0)
-        assert bool((~model.heads.dead).all()) is survive
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # plain: every head diverges
+            for _ in range(200):
+                x = 1000 * torch.randn(32, 8, generator=gen)
+                losses[head_step] = step(x, (x @ w).unsqueeze(1), variance=1.0).loss
+    assert losses["normalized"] < 0.5 * math.log(2 * math.pi) + 0.01  # the Gaussian NLL of a perfect fit
+    assert not math.isfinite(losses["plain"])
 
 
 def test_members_are_independent_runs() -> None:

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from alrao_rl import AlraoModel, AlraoOutput, AlraoSGD
+from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, AlraoStep
 from alrao_rl.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -549,6 +549,14 @@ def train_step(
     :return: the (unweighted, detached) minibatch loss in nats and the new hidden state.
     """
     ctx = ctx or DistContext(device=x.device)
+    if net.alrao and not ctx.distributed and isinstance(optimizer, (AlraoSGD, AlraoAdam)):
+        # the fused step (DDP all-reduces gradients only through backward(), so it keeps the loss path)
+        if net.recurrent:
+            z, hidden = net.model.body(x, hidden)
+        else:
+            z = net.model.body(x)
+        result = AlraoStep(net.model, optimizer)(x, y, features=z)  # type: ignore[arg-type]
+        return torch.tensor(result.loss), hidden
     out, hidden = (runner or net)(x, hidden)
     loss, head_ll = net.loss(out, y)
     if net.alrao and ctx.distributed:

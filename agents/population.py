@@ -1,0 +1,719 @@
+"""Population training: many DQN runs in lockstep in one process, as batched networks.
+
+A comparison (Alrao against an SGD grid and Adam over seeds) is dozens of small runs. Run alone, each
+pays PyTorch's per-call cost on tiny tensors; held as one network whose weights have a leading member
+dimension ``P`` (``[P, out, in]``, batched matmuls), ``P`` runs cost little more than one::
+
+    population = PopulationDQN([DQNConfig(env="CartPole-v1", method=m, lr=lr, seed=s) for ...])
+    summaries = population.train(logdirs, checkpoint_dir="runs/population")
+
+A **member** is a :class:`agents.dqn.DQNConfig` that differs from the others only in ``seed``,
+``method`` and ``lr``. Members of a method form a group trained by one step: Alrao members by the
+core's fused step (:class:`alrao_rl.AlraoStep` on a model with members: per-unit rates ``[P, units]``,
+heads ``[P, N, out, in]``, a switch and a heads' variance each), SGD members by SGD with one rate per
+member, Adam members by Adam with one rate per member.
+
+Each member is its single run (:func:`agents.dqn.train`), step for step: the same initial weights and
+rates (built by :class:`agents.dqn.DQNAgent` with the member's seed), its own environment seeded and
+reset as the single run's, its own exploration and replay-sampling generators, the same evaluation
+episodes; only the arithmetic is batched (equal to the single run up to float rounding: tested on the
+first 500 updates). Members never mix: a member that diverges (SGD at rate 10: NaN) stays in its own
+slices, counted as failed exactly as its single run would be. Each member writes the single run's
+outputs (``evals.csv``, ``summary.json``, TensorBoard events) to its own logdir; the population writes
+one checkpoint (atomically) and resumes exactly: an environment is restored by resetting it from the
+generator state of its episode's start and replaying the episode's actions (environments are
+deterministic given both), so a checkpoint can be taken at any step.
+
+Environments are one gymnasium environment per member stepped in a Python loop (as
+``gymnasium.vector.SyncVectorEnv`` does), reset by hand when an episode ends, which keeps every
+member's reset points and generator use those of its single run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, RunningVariance, register_unit_rule
+from alrao_rl.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, stop_requests
+from envs import make_env
+
+from .dqn import (
+    COMPATIBLE_KEYS,
+    DQNAgent,
+    DQNConfig,
+    _config_state,
+    _Progress,
+    _summary,
+    linear_schedule,
+    td_target,
+    write_run_outputs,
+)
+
+__all__ = ["PopulationBuffer", "PopulationDQN", "StackedLinear", "available_memory", "member_key"]
+
+logger = logging.getLogger(__name__)
+
+MEMBER_FIELDS = ("seed", "method", "lr")
+"""The fields in which the members of a population may differ."""
+_STATE_VERSION = 1
+
+
+def member_key(config: DQNConfig) -> tuple:
+    """What members of one population share: every field of the config but ``seed``, ``method`` and
+    ``lr`` (and the checkpoint interval, which does not change the run)."""
+    state = _config_state(config)
+    return tuple((k, repr(v)) for k, v in sorted(state.items()) if k not in (*MEMBER_FIELDS, "checkpoint_every"))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` on Linux), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# --- batched networks ----------------------------------------------------------------------------------
+
+
+class StackedLinear(nn.Module):
+    """``P`` independent linear layers: ``y[k] = x[k] W_k^T + b_k`` for ``x`` ``[P, B, in]``.
+
+    :param n_in: input features.
+    :param n_out: output features.
+    :param members: ``P``.
+    """
+
+    def __init__(self, n_in: int, n_out: int, members: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(members, n_out, n_in))
+        self.bias = nn.Parameter(torch.zeros(members, n_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    @torch.no_grad()
+    def load_member(self, k: int, layer: nn.Linear) -> None:
+        """Copy ``layer``'s weights into member ``k``."""
+        self.weight[k].copy_(layer.weight)
+        self.bias[k].copy_(layer.bias)
+
+
+def _stacked_rows_rule(module: nn.Module, sample: Any) -> dict[str, Tensor]:
+    """Member ``k``'s unit ``i`` of a :class:`StackedLinear` (its weight row and bias share the rate)."""
+    rate = sample(module.bias.numel()).view(module.bias.shape)
+    return {"weight": rate.unsqueeze(2), "bias": rate}
+
+
+register_unit_rule(StackedLinear, _stacked_rows_rule)
+
+
+def _stacked_mlp(sizes: Sequence[int], members: int, activate_last: bool) -> nn.Sequential:
+    """``StackedLinear`` layers of the widths ``sizes`` with ReLU between them (and after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(StackedLinear(a, b, members))
+        if activate_last or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _load_mlp(stacked: nn.Sequential, k: int, single: nn.Module) -> None:
+    """Copy the ``nn.Linear`` layers of ``single`` (in order) into member ``k`` of ``stacked``."""
+    targets = [m for m in stacked if isinstance(m, StackedLinear)]
+    sources = [m for m in single.modules() if isinstance(m, nn.Linear)]
+    for target, source in zip(targets, sources, strict=True):
+        target.load_member(k, source)
+
+
+# --- groups: the members of one method --------------------------------------------------------------
+
+
+class _Group:
+    """The members of one method: online and target networks with members, and their update."""
+
+    method: str
+
+    def __init__(self, members: list[int], agents: list[DQNAgent], configs: list[DQNConfig]) -> None:
+        self.members = members
+        self.index = torch.tensor(members)
+        self.configs = configs
+        self.tau = configs[0].tau
+        self.gamma = configs[0].gamma
+
+    def q_values(self, obs: Tensor) -> Tensor:
+        """``Q(s, .)`` ``[P, B, A]`` of the online networks for ``obs`` ``[P, B, obs]``."""
+        raise NotImplementedError
+
+    def train_step(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
+                   terminated: Tensor) -> np.ndarray:
+        """One DQN step for every member on its minibatch ``[P, B, ...]``; the ``[P]`` losses."""
+        raise NotImplementedError
+
+    def _soft_update(self) -> None:
+        torch._foreach_lerp_(self._target_params, self._online_params, self.tau)
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class _AlraoGroup(_Group):
+    """Alrao members: an :class:`alrao_rl.AlraoModel` with members trained by :class:`alrao_rl.AlraoStep`."""
+
+    method = "alrao"
+
+    def __init__(self, members: list[int], agents: list[DQNAgent], configs: list[DQNConfig]) -> None:
+        super().__init__(members, agents, configs)
+        p, c0 = len(members), configs[0]
+        h1, h2 = c0.hidden
+        obs_dim = agents[0].q_net.body[0].in_features
+        n_actions = agents[0].q_net.heads.out_features
+        body = _stacked_mlp([obs_dim, h1, h2], p, activate_last=True)
+        self.online = AlraoModel(body, nn.Linear(h2, n_actions), c0.heads, "regression", averaging=c0.averaging,
+                                 members=p)
+        self.optimizer = AlraoSGD(self.online, eta_min=c0.eta_min, eta_max=c0.eta_max, seed=0,
+                                  max_weight=c0.max_weight)
+        with torch.no_grad():
+            for k, agent in enumerate(agents):
+                _load_mlp(self.online.body, k, agent.q_net.body)
+                self.online.heads.weight[k] = agent.q_net.heads.weight
+                self.online.heads.bias[k] = agent.q_net.heads.bias
+                # the member's own per-unit rates (sampled with its seed), times its lr multiplier
+                single = [agent.optimizer.state[q]["alrao_rate"] for q in agent.q_net.parameters()]
+                lr = configs[k].effective_lr
+                for q, rate in zip(self.online.parameters(), single, strict=True):
+                    target = self.optimizer.state[q]["alrao_rate"]
+                    target[k] = (rate * lr).expand_as(target[k]) if lr != 1.0 else rate.expand_as(target[k])
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self._online_params = list(self.online.parameters())
+        self._target_params = list(self.target.parameters())
+        self.step = AlraoStep(self.online, self.optimizer)
+        self.variance: RunningVariance | float = RunningVariance(members=p) if c0.td_variance == "running" else 1.0
+
+    def q_values(self, obs: Tensor) -> Tensor:
+        return self.online.predict(obs)
+
+    def train_step(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
+                   terminated: Tensor) -> np.ndarray:
+        next_q = self.target.predict(next_obs, switch=self.online.switch).amax(dim=2)
+        y = td_target(rewards, terminated, next_q, self.gamma)
+        result = self.step(obs, y, index=actions, variance=self.variance)
+        self._soft_update()
+        return np.asarray(result.loss)
+
+    def td_variances(self) -> list[float | None]:
+        if isinstance(self.variance, RunningVariance):
+            return [None if math.isnan(v) else float(v) for v in self.variance.values]
+        return [self.variance] * len(self.members)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "variance": self.variance.state_dict() if isinstance(self.variance, RunningVariance) else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self.variance, RunningVariance):
+            self.variance.load_state_dict(state["variance"])
+
+
+class _PlainGroup(_Group):
+    """SGD or Adam members: a plain MLP with members, the Huber TD loss, one learning rate per member
+    (as ``torch.optim.SGD`` / ``torch.optim.Adam`` with their defaults, member by member)."""
+
+    def __init__(self, members: list[int], agents: list[DQNAgent], configs: list[DQNConfig]) -> None:
+        super().__init__(members, agents, configs)
+        self.method = configs[0].method
+        p, (h1, h2) = len(members), configs[0].hidden
+        linears = [m for m in agents[0].q_net.modules() if isinstance(m, nn.Linear)]
+        obs_dim, n_actions = linears[0].in_features, linears[-1].out_features
+        self.online = _stacked_mlp([obs_dim, h1, h2, n_actions], p, activate_last=False)
+        for k, agent in enumerate(agents):
+            _load_mlp(self.online, k, agent.q_net)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self._online_params = list(self.online.parameters())
+        self._target_params = list(self.target.parameters())
+        lrs = torch.tensor([c.effective_lr for c in configs], dtype=torch.float32)
+        self._lrs = [lrs.view(-1, *[1] * (q.dim() - 1)) for q in self._online_params]
+        self.adam_state: dict[str, Any] | None = None
+        if self.method == "adam":
+            self.adam_state = {
+                "step": 0,
+                "exp_avg": [torch.zeros_like(q) for q in self._online_params],
+                "exp_avg_sq": [torch.zeros_like(q) for q in self._online_params],
+            }
+
+    def q_values(self, obs: Tensor) -> Tensor:
+        return self.online(obs)
+
+    def train_step(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
+                   terminated: Tensor) -> np.ndarray:
+        with torch.no_grad():
+            y = td_target(rewards, terminated, self.target(next_obs).amax(dim=2), self.gamma)
+        q = self.online(obs).gather(2, actions.unsqueeze(2)).squeeze(2)
+        losses = nn.functional.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
+        grads = torch.autograd.grad(losses.sum(), self._online_params)
+        with torch.no_grad():
+            if self.adam_state is None:  # SGD: p <- p - lr g
+                for param, grad, lr in zip(self._online_params, grads, self._lrs, strict=True):
+                    param.addcmul_(grad, lr, value=-1.0)
+            else:
+                self._adam(grads)
+            self._soft_update()
+        return losses.detach().numpy().astype(np.float64)
+
+    def _adam(self, grads: tuple[Tensor, ...]) -> None:
+        """``torch.optim.Adam``'s single-tensor update (betas 0.9, 0.999; eps 1e-8), one lr per member."""
+        state = self.adam_state
+        assert state is not None
+        state["step"] += 1
+        beta1, beta2, eps, t = 0.9, 0.999, 1e-8, state["step"]
+        bias_correction1 = 1 - beta1**t
+        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
+        for param, grad, m, v, lr in zip(self._online_params, grads, state["exp_avg"], state["exp_avg_sq"],
+                                         self._lrs, strict=True):
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcmul_(m / denom, lr, value=-1.0 / bias_correction1)
+
+    def td_variances(self) -> list[float | None]:
+        return [None] * len(self.members)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(), "adam": self.adam_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        if self.adam_state is not None:
+            saved = state["adam"]
+            self.adam_state["step"] = int(saved["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                for mine, theirs in zip(self.adam_state[key], saved[key], strict=True):
+                    mine.copy_(theirs)
+
+
+# --- replay --------------------------------------------------------------------------------------------
+
+
+class PopulationBuffer:
+    """One replay buffer per member, held as ``[M, capacity, ...]`` arrays filled in lockstep; each
+    member samples with its own generator, seeded as its single run's :class:`agents.ReplayBuffer`.
+
+    :param members: ``M``.
+    :param obs_shape: one observation's shape.
+    :param capacity: transitions per member.
+    :param seeds: each member's sampling seed.
+    """
+
+    def __init__(self, members: int, obs_shape: tuple[int, ...], capacity: int, seeds: Sequence[int]) -> None:
+        self.capacity = capacity
+        self.observations = np.zeros((members, capacity, *obs_shape), dtype=np.float32)
+        self.next_observations = np.zeros((members, capacity, *obs_shape), dtype=np.float32)
+        self.actions = np.zeros((members, capacity), dtype=np.int64)
+        self.rewards = np.zeros((members, capacity), dtype=np.float32)
+        self.terminated = np.zeros((members, capacity), dtype=np.bool_)
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self.pos = 0
+        self.size = 0
+        self._rows = np.arange(members)[:, None]
+
+    @staticmethod
+    def nbytes_for(members: int, obs_shape: tuple[int, ...], capacity: int) -> int:
+        """Bytes of the arrays of a buffer of this size."""
+        per = 2 * 4 * int(np.prod(obs_shape)) + 8 + 4 + 1
+        return members * capacity * per
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray) -> None:
+        """Store one transition per member (``[M, ...]`` each)."""
+        i = self.pos
+        self.observations[:, i] = obs
+        self.next_observations[:, i] = next_obs
+        self.actions[:, i] = actions
+        self.rewards[:, i] = rewards
+        self.terminated[:, i] = terminated
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, members: np.ndarray | None = None) -> tuple[Tensor, ...]:
+        """``batch_size`` transitions per member (``[M, B, ...]`` torch tensors), each member with
+        its own generator (as :meth:`agents.ReplayBuffer.sample`)."""
+        idx = np.stack([rng.integers(0, self.size, size=batch_size) for rng in self.rngs])
+        rows = self._rows
+        return (
+            torch.from_numpy(self.observations[rows, idx]),
+            torch.from_numpy(self.actions[rows, idx]),
+            torch.from_numpy(self.rewards[rows, idx]),
+            torch.from_numpy(self.next_observations[rows, idx]),
+            torch.from_numpy(self.terminated[rows, idx].astype(np.float32)),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        n = self.size
+        return {
+            "pos": self.pos,
+            "size": n,
+            "rngs": [_plain(rng.bit_generator.state) for rng in self.rngs],
+            **{name: torch.from_numpy(getattr(self, name)[:, :n].copy()) for name in _FIELDS},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = int(state["size"])
+        for name in _FIELDS:
+            getattr(self, name)[:, :n] = state[name].numpy()
+        self.pos, self.size = int(state["pos"]), n
+        for rng, saved in zip(self.rngs, state["rngs"], strict=True):
+            rng.bit_generator.state = saved
+
+
+_FIELDS = ("observations", "next_observations", "actions", "rewards", "terminated")
+
+
+def _plain(value: Any) -> Any:
+    """A generator state as plain Python values (loadable with ``weights_only=True``)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+# --- the population -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _MemberProgress(_Progress):
+    """A member's counters (those of a single run), its current episode's return, and what restores
+    its environment: the generator state before the episode's reset and the actions taken since."""
+
+    episode_return: float = 0.0
+    episode_rng: dict[str, Any] | None = None
+    episode_actions: list[int] = field(default_factory=list)
+
+
+class PopulationDQN:
+    """``M`` DQN runs trained in lockstep in one process (module docstring).
+
+    :param configs: one :class:`agents.dqn.DQNConfig` per member, identical but for ``seed``,
+        ``method`` and ``lr``.
+    :raises ValueError: if members differ in anything else, or the replay buffers would not fit in
+        memory (the message names ``--buffer-size``).
+    """
+
+    def __init__(self, configs: Sequence[DQNConfig]) -> None:
+        configs = list(configs)
+        if not configs:
+            raise ValueError("a population needs at least one member")
+        for config in configs:
+            if not isinstance(config, DQNConfig):
+                raise TypeError(f"members must be DQNConfig, got {type(config).__name__}")
+        key = member_key(configs[0])
+        for config in configs[1:]:
+            if member_key(config) != key:
+                theirs, mine = dict(member_key(config)), dict(key)
+                diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+                raise ValueError(
+                    f"population members may differ only in {', '.join(MEMBER_FIELDS)}; member "
+                    f"{configs.index(config)} differs in {', '.join(diff)}"
+                )
+        self.configs = configs
+        c0 = configs[0]
+        self.capacity = min(c0.buffer_size, c0.total_steps)
+        probe = make_env(c0.env, n_bins=c0.n_bins)
+        self.obs_shape = probe.observation_space.shape
+        self.n_actions = int(probe.action_space.n)
+        probe.close()
+        self.memory_bytes = PopulationBuffer.nbytes_for(len(configs), self.obs_shape, self.capacity)
+        available = available_memory()
+        if available is not None and self.memory_bytes > 0.8 * available:
+            raise ValueError(
+                f"the population's replay buffers need {self.memory_bytes / 2**30:.2f} GiB ({len(configs)} members x "
+                f"{self.capacity} transitions) but only {available / 2**30:.2f} GiB are available: lower "
+                f"--buffer-size (or --total-steps), or split the members over more processes"
+            )
+        logger.info("population of %d members: replay buffers %.1f MiB", len(configs), self.memory_bytes / 2**20)
+        obs_dim = int(np.prod(self.obs_shape))
+        agents = [DQNAgent(obs_dim, self.n_actions, c) for c in configs]
+        self.groups: list[_Group] = []
+        for method in ("alrao", "sgd", "adam"):
+            members = [k for k, c in enumerate(configs) if c.method == method]
+            if members:
+                cls = _AlraoGroup if method == "alrao" else _PlainGroup
+                self.groups.append(cls(members, [agents[k] for k in members], [configs[k] for k in members]))
+
+    @property
+    def members(self) -> int:
+        return len(self.configs)
+
+    def train(
+        self,
+        logdirs: Sequence[str] | None = None,
+        checkpoint_dir: str | None = None,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Train every member; return their summaries (as :func:`agents.dqn.train` returns one).
+
+        :param logdirs: one output folder per member (None: nothing written per member).
+        :param checkpoint_dir: folder of the population's ``checkpoint.pt`` (None: no checkpoints).
+        :param resume: continue from ``checkpoint_dir/checkpoint.pt`` (same members required).
+        :param progress: show a progress bar.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        configs, c0, m = self.configs, self.configs[0], self.members
+        if logdirs is not None and len(logdirs) != m:
+            raise ValueError(f"logdirs must have one folder per member ({m}), got {len(logdirs)}")
+        envs = [make_env(c.env, c.seed, n_bins=c.n_bins) for c in configs]
+        eval_envs = [make_env(c.env, c.seed, n_bins=c.n_bins) for c in configs]
+        buffer = PopulationBuffer(m, self.obs_shape, self.capacity, [c.seed for c in configs])
+        rngs = [np.random.default_rng(c.seed) for c in configs]
+        states = [_MemberProgress() for _ in configs]
+        obs = np.zeros((m, *self.obs_shape), dtype=np.float32)
+        for k, (env, config) in enumerate(zip(envs, configs, strict=True)):
+            obs[k], _ = env.reset(seed=config.seed)
+        ckpt_path = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir else None
+        if resume:
+            obs = self._resume(ckpt_path, envs, buffer, rngs, states)
+        if ckpt_path is not None:
+            os.makedirs(checkpoint_dir, exist_ok=True)  # type: ignore[arg-type]
+
+        writers = [SummaryWriter(d) for d in logdirs] if logdirs is not None else None
+        eval_seeds = [[1_000_000 + 1000 * c.seed + k for k in range(c.eval_episodes)] for c in configs]
+
+        def checkpoint() -> None:
+            if ckpt_path is None:
+                return
+            save_checkpoint(ckpt_path, {
+                "version": _STATE_VERSION,
+                "configs": [_config_state(c) for c in configs],
+                "groups": [g.state_dict() for g in self.groups],
+                "buffer": buffer.state_dict(),
+                "rngs": [_plain(r.bit_generator.state) for r in rngs],
+                "progress": [asdict(s) for s in states],
+            })
+
+        step = states[0].step
+        session_start, previous_seconds = time.perf_counter(), states[0].wall_seconds
+        last_checkpoint = step
+        bar = tqdm(total=c0.total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+                   desc=f"population of {m} {c0.env}")
+        actions = np.zeros(m, dtype=np.int64)
+        rewards = np.zeros(m, dtype=np.float32)
+        terminated = np.zeros(m, dtype=np.bool_)
+        done = np.zeros(m, dtype=np.bool_)
+        next_obs = np.zeros_like(obs)
+        with stop_requests("step") as stop:
+            while step < c0.total_steps and not stop["stop"]:
+                # act: epsilon-greedy, each member with its own generator
+                epsilon = linear_schedule(c0.eps_start, c0.eps_end, c0.exploration_steps, step)
+                explore = [rng.random() < epsilon for rng in rngs]
+                greedy = None
+                for k, rng in enumerate(rngs):
+                    if explore[k]:
+                        actions[k] = rng.integers(self.n_actions)
+                    else:
+                        if greedy is None:
+                            greedy = self._greedy(obs)
+                        actions[k] = greedy[k]
+                # store
+                for k, env in enumerate(envs):
+                    next_obs[k], reward, term, trunc, _ = env.step(int(actions[k]))
+                    rewards[k], terminated[k], done[k] = reward, term, term or trunc
+                    states[k].episode_actions.append(int(actions[k]))
+                    states[k].episode_return += float(reward)
+                buffer.add(obs, actions, rewards, next_obs, terminated)
+                obs[:] = next_obs
+                step += 1
+                for s in states:
+                    s.step = step
+                # learn
+                if step > c0.learning_starts and step % c0.train_freq == 0:
+                    batch = buffer.sample(c0.batch_size)
+                    for group in self.groups:
+                        losses = group.train_step(*(t[group.index] for t in batch))
+                        for j, k in enumerate(group.members):
+                            states[k].updates += 1
+                            if writers is not None and states[k].updates % 100 == 0:
+                                writers[k].add_scalar("train/loss", float(losses[j]), step)
+                                writers[k].add_scalar("train/epsilon", epsilon, step)
+                                if isinstance(group, _AlraoGroup):
+                                    switch = group.online.switch
+                                    for h, a_h in enumerate(switch.posterior[j].tolist()):
+                                        writers[k].add_scalar(f"alrao/posterior/head_{h}", a_h, step)
+                # evaluate
+                if step % c0.eval_every == 0 or step == c0.total_steps:
+                    results = self._evaluate(eval_envs, eval_seeds)
+                    for k, (mean, std) in enumerate(results):
+                        states[k].evals.append([step, mean, std])
+                        if writers is not None:
+                            writers[k].add_scalar("eval/return_mean", mean, step)
+                # episode ends
+                for k in np.flatnonzero(done):
+                    s = states[k]
+                    s.episodes += 1
+                    s.last_return, s.episode_return = s.episode_return, 0.0
+                    if writers is not None:
+                        writers[k].add_scalar("train/episode_return", s.last_return, step)
+                    s.episode_rng = _plain(envs[k].unwrapped.np_random.bit_generator.state)
+                    s.episode_actions = []
+                    obs[k], _ = envs[k].reset()
+                elapsed = previous_seconds + time.perf_counter() - session_start
+                for s in states:
+                    s.wall_seconds = elapsed
+                if step - last_checkpoint >= c0.checkpoint_every or stop["stop"]:
+                    checkpoint()
+                    last_checkpoint = step
+                bar.update(1)
+        bar.close()
+        interrupted = step < c0.total_steps
+        if not interrupted or last_checkpoint != step:
+            checkpoint()
+        if interrupted and ckpt_path is not None:
+            logger.warning("stopped at step %d; continue with --resume", step)
+        if writers is not None:
+            for w in writers:
+                w.close()
+        variances = [None] * m
+        for group in self.groups:
+            for j, k in enumerate(group.members):
+                variances[k] = group.td_variances()[j]
+        summaries = []
+        for k, (config, s) in enumerate(zip(configs, states, strict=True)):
+            sps = s.step / max(s.wall_seconds, 1e-9)
+            summary = _summary(config, s, sps, interrupted, variances[k])
+            summary["population"] = m
+            if logdirs is not None:
+                write_run_outputs(logdirs[k], s.evals, summary)
+            summaries.append(summary)
+        for env in (*envs, *eval_envs):
+            env.close()
+        return summaries
+
+    # --- pieces -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _q_values(self, obs: Tensor) -> Tensor:
+        """``Q(s, .)`` of every member for ``obs`` ``[M, B, obs]``: ``[M, B, A]``."""
+        q = torch.empty(self.members, obs.shape[1], self.n_actions)
+        for group in self.groups:
+            q[group.index] = group.q_values(obs[group.index])
+        return q
+
+    def _greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Every member's greedy action for its observation ``obs[k]``."""
+        return self._q_values(torch.from_numpy(obs).unsqueeze(1))[:, 0].argmax(dim=1).numpy()
+
+    def _evaluate(self, envs: list[Any], seeds: list[list[int]]) -> list[tuple[float, float]]:
+        """Greedy episodes of every member on its evaluation env, one per seed, in lockstep (as
+        :func:`agents.dqn.evaluate` for each member): mean and standard deviation of the returns."""
+        m = self.members
+        episode = [0] * m
+        returns: list[list[float]] = [[] for _ in range(m)]
+        total = [0.0] * m
+        obs = np.zeros((m, *self.obs_shape), dtype=np.float32)
+        active = [bool(seeds[k]) for k in range(m)]
+        for k in range(m):
+            if active[k]:
+                obs[k], _ = envs[k].reset(seed=seeds[k][0])
+        while any(active):
+            actions = self._greedy(obs)
+            for k in range(m):
+                if not active[k]:
+                    continue
+                obs[k], reward, terminated, truncated, _ = envs[k].step(int(actions[k]))
+                total[k] += float(reward)
+                if terminated or truncated:
+                    returns[k].append(total[k])
+                    total[k] = 0.0
+                    episode[k] += 1
+                    if episode[k] < len(seeds[k]):
+                        obs[k], _ = envs[k].reset(seed=seeds[k][episode[k]])
+                    else:
+                        active[k] = False
+        return [(float(np.mean(r)), float(np.std(r))) for r in returns]
+
+    def _resume(
+        self, ckpt_path: str | None, envs: list[Any], buffer: PopulationBuffer, rngs: list[np.random.Generator],
+        states: list[_MemberProgress],
+    ) -> np.ndarray:
+        """Restore everything from the checkpoint; environments by replaying their episode (module
+        docstring). Returns the members' current observations."""
+        if ckpt_path is None or not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        saved = load_checkpoint(ckpt_path)
+        try:
+            if saved.get("version") != _STATE_VERSION:
+                raise CheckpointError(f"{ckpt_path!r} is not a population checkpoint of version {_STATE_VERSION}")
+            if len(saved["configs"]) != self.members:
+                raise CheckpointError(f"{ckpt_path!r} holds {len(saved['configs'])} members, not {self.members}")
+            for old, config in zip(saved["configs"], self.configs, strict=True):
+                check_compatible(old, _config_state(config), COMPATIBLE_KEYS)
+            for group, state in zip(self.groups, saved["groups"], strict=True):
+                group.load_state_dict(state)
+            buffer.load_state_dict(saved["buffer"])
+            for rng, state in zip(rngs, saved["rngs"], strict=True):
+                rng.bit_generator.state = state
+            names = {f.name for f in fields(_MemberProgress)}
+            for k, progress in enumerate(saved["progress"]):
+                states[k] = _MemberProgress(**{key: v for key, v in progress.items() if key in names})
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{ckpt_path!r} is a malformed checkpoint: {type(e).__name__}: {e}") from e
+        obs = np.zeros((self.members, *self.obs_shape), dtype=np.float32)
+        for k, (env, config, s) in enumerate(zip(envs, self.configs, states, strict=True)):
+            if s.episode_rng is None:  # still in the first episode
+                obs[k], _ = env.reset(seed=config.seed)
+            else:
+                env.unwrapped.np_random.bit_generator.state = s.episode_rng
+                obs[k], _ = env.reset()
+            for action in s.episode_actions:
+                obs[k], *_ = env.step(action)
+        return obs
+
+
+def split_members(configs: Sequence[DQNConfig]) -> list[list[int]]:
+    """Indices of ``configs`` grouped into populations (members sharing :func:`member_key`)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(member_key(config), []).append(i)
+    return list(groups.values())
+
+
+def member_configs(base: DQNConfig, seeds: Sequence[int]) -> list[DQNConfig]:
+    """``base`` with each of ``seeds``."""
+    return [replace(base, seed=s) for s in seeds]
