@@ -95,6 +95,25 @@ def available_memory() -> int | None:
 # --- batched networks ----------------------------------------------------------------------------------
 
 
+class _StackedLinearFunction(torch.autograd.Function):
+    """``baddbmm(b, x, W^T)`` whose backward computes what ``nn.Linear``'s does, member by member:
+    ``dx = g W``, ``dW = g^T x``, ``db = sum_b g`` (autograd's own ``bmm`` backward forms ``dW`` as
+    ``(x^T g)^T``, which rounds differently), so that a member's gradients are its single run's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(dim=1) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 class StackedLinear(nn.Module):
     """``P`` independent linear layers: ``y[k] = x[k] W_k^T + b_k`` for ``x`` ``[P, B, in]``.
 
@@ -109,6 +128,8 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, n_out))
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return _StackedLinearFunction.apply(x, self.weight, self.bias)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
     @torch.no_grad()
@@ -245,12 +266,14 @@ class _AlraoGroup(_Group):
 
 
 class _PlainGroup(_Group):
-    """SGD or Adam members: a plain MLP with members, the Huber TD loss, one learning rate per member
-    (as ``torch.optim.SGD`` / ``torch.optim.Adam`` with their defaults, member by member)."""
+    """SGD and Adam members: a plain MLP with members, the Huber TD loss, one learning rate per member
+    (``torch.optim.SGD`` / ``torch.optim.Adam`` with their defaults, member by member). SGD members
+    come first, so that each method updates a contiguous slice of the stacked weights."""
+
+    method = "plain"
 
     def __init__(self, members: list[int], agents: list[DQNAgent], configs: list[DQNConfig]) -> None:
         super().__init__(members, agents, configs)
-        self.method = configs[0].method
         p, (h1, h2) = len(members), configs[0].hidden
         linears = [m for m in agents[0].q_net.modules() if isinstance(m, nn.Linear)]
         obs_dim, n_actions = linears[0].in_features, linears[-1].out_features
@@ -260,14 +283,17 @@ class _PlainGroup(_Group):
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self._online_params = list(self.online.parameters())
         self._target_params = list(self.target.parameters())
-        lrs = torch.tensor([c.effective_lr for c in configs], dtype=torch.float32)
+        self.n_sgd = sum(c.method == "sgd" for c in configs)
+        if any(c.method == "sgd" for c in configs[self.n_sgd:]):
+            raise ValueError("SGD members must come before Adam members")
+        lrs = torch.tensor([c.effective_lr for c in configs], dtype=torch.float64)  # (the Python floats)
         self._lrs = [lrs.view(-1, *[1] * (q.dim() - 1)) for q in self._online_params]
         self.adam_state: dict[str, Any] | None = None
-        if self.method == "adam":
+        if self.n_sgd < p:
             self.adam_state = {
                 "step": 0,
-                "exp_avg": [torch.zeros_like(q) for q in self._online_params],
-                "exp_avg_sq": [torch.zeros_like(q) for q in self._online_params],
+                "exp_avg": [torch.zeros_like(q[self.n_sgd:]) for q in self._online_params],
+                "exp_avg_sq": [torch.zeros_like(q[self.n_sgd:]) for q in self._online_params],
             }
 
     def q_values(self, obs: Tensor) -> Tensor:
@@ -281,28 +307,32 @@ class _PlainGroup(_Group):
         losses = nn.functional.smooth_l1_loss(q, y, reduction="none").mean(dim=1)
         grads = torch.autograd.grad(losses.sum(), self._online_params)
         with torch.no_grad():
-            if self.adam_state is None:  # SGD: p <- p - lr g
+            s = self.n_sgd
+            if s:  # SGD: p <- p - lr g
                 for param, grad, lr in zip(self._online_params, grads, self._lrs, strict=True):
-                    param.addcmul_(grad, lr, value=-1.0)
-            else:
-                self._adam(grads)
+                    param[:s].addcmul_(grad[:s], lr[:s].float(), value=-1.0)
+            if self.adam_state is not None:
+                self._adam([g[s:] for g in grads])
             self._soft_update()
         return losses.detach().numpy().astype(np.float64)
 
-    def _adam(self, grads: tuple[Tensor, ...]) -> None:
-        """``torch.optim.Adam``'s single-tensor update (betas 0.9, 0.999; eps 1e-8), one lr per member."""
-        state = self.adam_state
+    def _adam(self, grads: list[Tensor]) -> None:
+        """``torch.optim.Adam``'s single-tensor update (betas 0.9, 0.999; eps 1e-8) on the Adam members'
+        slice, one lr per member, operation for operation (its ``addcdiv_(m, d, value=-s)`` computes
+        ``p + (-s m) / d``)."""
+        state, s = self.adam_state, self.n_sgd
         assert state is not None
         state["step"] += 1
-        beta1, beta2, eps, t = 0.9, 0.999, 1e-8, state["step"]
-        bias_correction1 = 1 - beta1**t
-        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
+        beta1, beta2, eps, step = 0.9, 0.999, 1e-8, float(state["step"])
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         for param, grad, m, v, lr in zip(self._online_params, grads, state["exp_avg"], state["exp_avg_sq"],
                                          self._lrs, strict=True):
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-            param.addcmul_(m / denom, lr, value=-1.0 / bias_correction1)
+            step_size = (lr[s:] / bias_correction1).float()  # lr / bias_correction1 in float64, as torch's
+            param[s:].add_((m * step_size.neg_()).div_(denom))
 
     def td_variances(self) -> list[float | None]:
         return [None] * len(self.members)
@@ -344,7 +374,7 @@ class PopulationBuffer:
         self.rngs = [np.random.default_rng(s) for s in seeds]
         self.pos = 0
         self.size = 0
-        self._rows = np.arange(members)[:, None]
+        self._offsets = (np.arange(members) * capacity)[:, None]
 
     @staticmethod
     def nbytes_for(members: int, obs_shape: tuple[int, ...], capacity: int) -> int:
@@ -367,19 +397,23 @@ class PopulationBuffer:
     def sample(self, batch_size: int, members: np.ndarray | None = None) -> tuple[Tensor, ...]:
         """``batch_size`` transitions per member (``[M, B, ...]`` torch tensors), each member with
         its own generator (as :meth:`agents.ReplayBuffer.sample`)."""
-        idx = np.stack([rng.integers(0, self.size, size=batch_size) for rng in self.rngs])
-        rows = self._rows
+        integers, size = np.random.Generator.integers, self.size
+        idx = np.stack([integers(rng, 0, size, size=batch_size) for rng in self.rngs])
+        flat = (idx + self._offsets).ravel()  # row k, slot i -> k * capacity + i
+        m = len(self.rngs)
+        obs_shape = self.observations.shape[2:]
         return (
-            torch.from_numpy(self.observations[rows, idx]),
-            torch.from_numpy(self.actions[rows, idx]),
-            torch.from_numpy(self.rewards[rows, idx]),
-            torch.from_numpy(self.next_observations[rows, idx]),
-            torch.from_numpy(self.terminated[rows, idx].astype(np.float32)),
+            torch.from_numpy(self.observations.reshape(-1, *obs_shape)[flat].reshape(m, batch_size, *obs_shape)),
+            torch.from_numpy(self.actions.reshape(-1)[flat].reshape(m, batch_size)),
+            torch.from_numpy(self.rewards.reshape(-1)[flat].reshape(m, batch_size)),
+            torch.from_numpy(self.next_observations.reshape(-1, *obs_shape)[flat].reshape(m, batch_size, *obs_shape)),
+            torch.from_numpy(self.terminated.reshape(-1)[flat].reshape(m, batch_size).astype(np.float32)),
         )
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size
         return {
+            "capacity": self.capacity,
             "pos": self.pos,
             "size": n,
             "rngs": [_plain(rng.bit_generator.state) for rng in self.rngs],
@@ -387,10 +421,15 @@ class PopulationBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        n = int(state["size"])
+        """Restore a saved buffer, also into a larger one (a run resumed with more steps: its buffer
+        held every transition of the shorter run, so the next ones follow them)."""
+        n, capacity = int(state["size"]), int(state["capacity"])
+        if n > self.capacity or (capacity != self.capacity and n == capacity and int(state["pos"]) != 0):
+            raise ValueError(f"a buffer of {n} transitions (capacity {capacity}) does not fit in {self.capacity}")
         for name in _FIELDS:
             getattr(self, name)[:, :n] = state[name].numpy()
-        self.pos, self.size = int(state["pos"]), n
+        self.pos = int(state["pos"]) if capacity == self.capacity else n % self.capacity
+        self.size = n
         for rng, saved in zip(self.rngs, state["rngs"], strict=True):
             rng.bit_generator.state = saved
 
@@ -466,10 +505,11 @@ class PopulationDQN:
         obs_dim = int(np.prod(self.obs_shape))
         agents = [DQNAgent(obs_dim, self.n_actions, c) for c in configs]
         self.groups: list[_Group] = []
-        for method in ("alrao", "sgd", "adam"):
-            members = [k for k, c in enumerate(configs) if c.method == method]
+        alrao = [k for k, c in enumerate(configs) if c.method == "alrao"]
+        plain = [k for k, c in enumerate(configs) if c.method == "sgd"] + [
+            k for k, c in enumerate(configs) if c.method == "adam"]
+        for cls, members in ((_AlraoGroup, alrao), (_PlainGroup, plain)):
             if members:
-                cls = _AlraoGroup if method == "alrao" else _PlainGroup
                 self.groups.append(cls(members, [agents[k] for k in members], [configs[k] for k in members]))
 
     @property

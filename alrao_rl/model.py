@@ -90,6 +90,8 @@ class AlraoOutput:
         (classification) or ``sum_j a_j mu_j`` (regression)."""
         values = self.values
         head_dim = -1 if self.index is not None else -2
+        if self.log_weights.dim() == 2:  # members: weights [P, N] against values [P, ..., N(, C)]
+            return self._member_prediction(head_dim)
         if self.finite is not None:  # rare: zero the non-finite heads (they have weight 0)
             keep = self.finite.view(-1, 1) if self.index is None else self.finite
             values = torch.where(keep, values, 0.0)
@@ -98,6 +100,17 @@ class AlraoOutput:
         # sum_j a_j mu_j as one matmul; a_j = 0 for a head left out, whose outputs are finite here
         a = self.log_weights.exp() if self.weights is None else self.weights
         return values @ a if self.index is not None else torch.matmul(a, values)
+
+    def _member_prediction(self, head_dim: int) -> Tensor:
+        """:attr:`prediction` of a model with members, each member with its own weights."""
+        values = self.values
+        p, n = self.log_weights.shape
+        shape = (p, *[1] * (values.dim() - 1 + head_dim), n) + ((1,) if head_dim == -2 else ())
+        if self.finite is not None:
+            values = torch.where(self.finite.view(shape), values, 0.0)
+        if self.task == "classification":
+            return torch.logsumexp(torch.log_softmax(values, dim=-1) + self.log_weights.view(shape), dim=head_dim)
+        return (values * self.log_weights.exp().view(shape)).sum(dim=head_dim)
 
     def gather(self, index: Tensor) -> AlraoOutput:
         """Regression: select one output per sample (e.g. the Q-value of the action taken).

@@ -163,27 +163,27 @@ class AlraoStep:
 
     # --- pieces -------------------------------------------------------------------------------------
 
-    def _variance(self, b: _Batch, variance: float | np.ndarray | RunningVariance) -> float | np.ndarray:
-        """``sigma^2``: a float (one run, or one value for all members) or a ``[P]`` array."""
+    def _variance(self, b: _Batch, variance: float | np.ndarray | RunningVariance) -> np.ndarray:
+        """``sigma^2`` per member, float64 ``[P]`` (1 for classification)."""
         if b.task != "regression":
-            return 1.0
+            return np.ones(b.p)
         if isinstance(variance, RunningVariance):
             variance = variance.update(b.averaged_mse())
         if isinstance(variance, (int, float)):
             if not (math.isfinite(variance) and variance > 0):
                 raise ValueError(f"variance must be a finite number > 0, got {variance!r}")
-            return float(variance)
+            return np.full(b.p, float(variance))
         values = np.asarray(variance, dtype=np.float64).reshape(-1)
         if values.shape != (b.p,) or not (np.isfinite(values).all() and (values > 0).all()):
             raise ValueError(f"variance must be {b.p} finite numbers > 0, got {variance!r}")
-        return float(values[0]) if b.p == 1 else values
+        return values
 
     def _update(
         self,
         b: _Batch,
         body_grads: tuple[Tensor | None, ...],
         own: tuple[Tensor, Tensor | None],
-        var: float | np.ndarray,
+        var: np.ndarray,
         skip: np.ndarray | None,
     ) -> None:
         """Body: the optimizer's rule with per-unit rates; heads: their own step; then the guard."""
@@ -200,45 +200,36 @@ class AlraoStep:
         if params:
             updates.append((self._body_group, params, grads))  # type: ignore[arg-type]
         # own = (the heads' own weight gradient [P, N*out, in], its bias gradient [P, N*out]), each
-        # still to be multiplied by the factor `scale` of its head
+        # still to be multiplied by its member's factor `scale` [P, 1, 1]
         grad_w, grad_b = own
-        scale = self._head_scale(b, var)  # a float, or [P, 1, 1]
+        scale = self._head_scale(b, var)
         if keep is not None:
-            scale = torch.where(keep.view(-1, 1, 1), torch.as_tensor(scale, dtype=grad_w.dtype), 0.0)
-        if opt.plain:  # p <- p - lr eta_j scale g, in place
+            scale = torch.where(keep.view(-1, 1, 1), scale, 0.0)
+        grad_w.mul_(scale)
+        if grad_b is not None:
+            grad_b.mul_(scale.view(-1, 1))
+        if opt.plain:  # p <- p - lr eta_j g, in place
             lr = -self._head_group["lr"]
             rate_w, rate_b = self._head_rates(b)
-            bias = b.b3.view(b.p, -1) if grad_b is not None else None
-            if isinstance(scale, float):
-                b.w3.addcmul_(grad_w, rate_w, value=lr * scale)
-                if bias is not None:
-                    bias.addcmul_(grad_b, rate_b, value=lr * scale)
-            else:
-                b.w3.addcmul_(grad_w.mul_(scale), rate_w, value=lr)
-                if bias is not None:
-                    bias.addcmul_(grad_b.mul_(scale.view(-1, 1)), rate_b, value=lr)
-        else:
-            head_grads = [grad_w.mul_(scale).view_as(self._head_params[0])]
+            b.w3.addcmul_(grad_w, rate_w, value=lr)
             if grad_b is not None:
-                head_grads.append(grad_b.mul_(scale if isinstance(scale, float) else scale.view(-1, 1))
-                                  .view_as(self._head_params[1]))
+                b.b3.view(b.p, -1).addcmul_(grad_b, rate_b, value=lr)
+        else:
+            head_grads = [grad_w.view_as(self._head_params[0])]
+            if grad_b is not None:
+                head_grads.append(grad_b.view_as(self._head_params[1]))
             updates.append((self._head_group, self._head_params, head_grads))
         if updates:
             opt._update(updates)
         opt.guard(self._checked)
 
-    def _head_scale(self, b: _Batch, var: float | np.ndarray) -> float | Tensor:
-        """What multiplies ``g_j^T [z, 1]`` (``g`` without ``1/M``): ``1/M``, ``/ sigma^2`` for
-        regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized step (whose ``sigma^2``
-        cancels the likelihood's ``1/sigma^2``)."""
+    def _head_scale(self, b: _Batch, var: np.ndarray) -> Tensor:
+        """What multiplies ``g_j^T [z, 1]`` (``g`` without ``1/M``), per member ``[P, 1, 1]``: ``1/M``,
+        ``/ sigma^2`` for regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized step (whose
+        ``sigma^2`` cancels the likelihood's ``1/sigma^2``)."""
         if self.model.head_step == "normalized":
-            trace = b.curvature_trace()
-            return 1.0 / (b.m * trace) if isinstance(trace, float) else (trace * b.m).reciprocal_().view(-1, 1, 1)
-        if b.task == "classification":
-            return 1.0 / b.m
-        if isinstance(var, float):
-            return 1.0 / (b.m * var)
-        return torch.from_numpy(1.0 / (b.m * var)).to(b.zd.dtype).view(-1, 1, 1)
+            return b.curvature_trace().mul_(b.m).reciprocal_().view(-1, 1, 1)
+        return b.member_factor(1.0 / (b.m * var))
 
     def _head_rates(self, b: _Batch) -> tuple[Tensor, Tensor]:
         """The heads' rates ``eta_j`` as ``[P, N*out, 1]`` and ``[P, N*out]`` (cached until a freeze
@@ -252,7 +243,7 @@ class AlraoStep:
         return cached[2], cached[3]
 
     def _rare(
-        self, b: _Batch, x: Tensor | None, features: Tensor, var: float | np.ndarray
+        self, b: _Batch, x: Tensor | None, features: Tensor, var: np.ndarray
     ) -> tuple[Tensor, np.ndarray | None]:
         """Sort out non-finite values (module docstring); return the features to use ``[P, M, in]``
         and the ``[P]`` mask of the members whose batch trains nothing (None if none)."""
@@ -295,12 +286,11 @@ class AlraoStep:
         b.restrict(usable, skip)
         return z3, (skip if skip.any() else None)
 
-    def _result(self, loss: np.ndarray, ll: np.ndarray, skip: np.ndarray | None, var: float | np.ndarray) -> StepResult:
+    def _result(self, loss: np.ndarray, ll: np.ndarray, skip: np.ndarray | None, var: np.ndarray) -> StepResult:
         if self.model.members is None:
-            return StepResult(float(loss[0]), ll[0], bool(skip is not None and skip[0]), float(var))  # type: ignore[arg-type]
-        p = self.model.members
-        skipped = np.zeros(p, dtype=bool) if skip is None else skip
-        return StepResult(loss, ll, skipped, np.broadcast_to(np.asarray(var, dtype=np.float64), (p,)).copy())
+            return StepResult(float(loss[0]), ll[0], bool(skip is not None and skip[0]), float(var[0]))
+        skipped = np.zeros(len(var), dtype=bool) if skip is None else skip
+        return StepResult(loss, ll, skipped, var)
 
 
 class _Batch:
@@ -342,8 +332,9 @@ class _Batch:
         usable = usable | ~keep.view(p, 1)
         self.usable = usable
         log_a = torch.where(usable.view(p, 1, n), self.log_a, -math.inf)
-        self.log_a = log_a - torch.logsumexp(log_a, dim=2, keepdim=True)
-        self.a = self.log_a.exp().view(-1) if p == 1 else self.log_a.exp().view(p, n)
+        # renormalize the members that lost heads only (the others keep their numbers exactly)
+        lost = ~usable.all(dim=1).view(p, 1, 1)
+        self.log_a = torch.where(lost, log_a - torch.logsumexp(log_a, dim=2, keepdim=True), self.log_a)
         rows = usable.repeat_interleave(c, dim=1)
         self.w_read = torch.where(rows.view(p, n * c, 1), self.w3, 0.0)  # 0 * inf = NaN must not reach dz
         cols = (rows & keep.view(p, 1)).view(p, 1, n * c)
@@ -366,14 +357,17 @@ class _Batch:
         """The averaged model's mean squared error per output, ``mean_b ||sum_j a_j mu_jb - y_b||^2 /
         out``, per member (``sum_j a_j = 1``: the averaged error is the average of the heads')."""
         self.diff = diff = self._diff()
+        # (reductions whose rounding does not depend on a member's place in the batch: a member's
+        # numbers are those of its single run, bit for bit)
         if self.flat_index is not None:
-            error = torch.bmm(diff, self.a.view(self.p, self.n, 1))  # [P, M, 1]
+            error = torch.linalg.vecdot(diff, self.a.view(self.p, 1, self.n))  # [P, M]
         else:
-            error = torch.matmul(self.a.view(self.p, 1, 1, self.n), diff)  # [P, M, 1, out]
-        total = torch.bmm(error.view(self.p, 1, -1), error.view(self.p, -1, 1)).view(-1) / error[0].numel()
+            error = (diff * self.a.view(self.p, 1, self.n, 1)).sum(dim=2)  # [P, M, out]
+        error = error.view(self.p, -1)
+        total = torch.linalg.vecdot(error, error) / error.shape[1]
         return float(total) if self.p == 1 else total.double().numpy()
 
-    def log_likelihoods(self, var: float | np.ndarray) -> np.ndarray:
+    def log_likelihoods(self, var: np.ndarray) -> np.ndarray:
         """``ll_j = mean_b log p_j(y_b)``, float64 ``[P, N]``, and what :meth:`mixture` needs:
         ``joint = log a_j + log p_j(y_b) - const`` ``[P, M, N]``."""
         if self.task == "classification":
@@ -383,7 +377,7 @@ class _Batch:
             ll = self.log_p.gather(3, self.y_index).view(self.p, self.m, self.n)
             if self.usable is not None:
                 ll = torch.where(self.usable.view(self.p, 1, self.n), ll, 0.0)
-            self.joint, self.const = ll + self.log_a, 0.0
+            self.joint, self.const = ll + self.log_a, np.zeros(self.p)
             return ll.sum(dim=1).numpy().astype(np.float64) / self.m
         if self.diff is None or self.usable is not None:
             self.diff = self._diff()
@@ -394,19 +388,16 @@ class _Batch:
         sq = diff.square() if diff.dim() == 3 else diff.square().sum(dim=3)
         dim = 1 if diff.dim() == 3 else self.c
         # log p_j(y_b) = -sq / (2 sigma^2) + const, const = -dim/2 log(2 pi sigma^2)
-        if isinstance(var, float):
-            self.joint = torch.add(self.log_a, sq, alpha=-0.5 / var)
-            self.const = -0.5 * dim * (_LOG_2PI + math.log(var))
-            coef, const = -0.5 / (var * self.m), self.const
-        else:
-            coef_t = torch.from_numpy(-0.5 / var).to(sq.dtype).view(self.p, 1, 1)
-            self.joint = torch.addcmul(self.log_a, sq, coef_t)
-            self.const = -0.5 * dim * (_LOG_2PI + np.log(var))
-            coef, const = (-0.5 / (var * self.m))[:, None], self.const[:, None]
+        self.joint = torch.addcmul(self.log_a, sq, self.member_factor(-0.5 / var))
+        self.const = -0.5 * dim * (_LOG_2PI + np.log(var))
         ll = sq.sum(dim=1).numpy().astype(np.float64)
-        ll *= coef
-        ll += const
+        ll *= (-0.5 / (var * self.m))[:, None]
+        ll += self.const[:, None]
         return ll
+
+    def member_factor(self, values: np.ndarray) -> Tensor:
+        """Per-member numbers ``[P]`` as a ``[P, 1, 1]`` tensor of the model's dtype."""
+        return torch.from_numpy(values).to(self.zd.dtype).view(self.p, 1, 1)
 
     # --- gradients -----------------------------------------------------------------------------------
 
@@ -421,18 +412,16 @@ class _Batch:
         log_mixture = total.log_().add_(top).sum(dim=(1, 2)).numpy().astype(np.float64) / self.m
         return -(log_mixture + self.const)
 
-    def body_gradient(self, var: float | np.ndarray) -> Tensor:
+    def body_gradient(self, var: np.ndarray) -> Tensor:
         """``dL_mix/dz = sum_j q_j g_j W_j`` ``[P, M, in]`` (Algorithm 1, line 12), with
         ``g = (mu - y) / (M sigma^2)`` or ``(softmax - onehot) / M``."""
         if self.task == "classification":
             y = self.y_index
             self.g = self.log_p.exp_().scatter_add_(3, y, self.log_p.new_full(y.shape, -1.0))
-            scale: float | Tensor = 1.0 / self.m
+            q = self.q.mul_(1.0 / self.m)
         else:
             self.g = self.diff
-            scale = 1.0 / (self.m * var) if isinstance(var, float) else torch.from_numpy(
-                1.0 / (self.m * var)).to(self.g.dtype).view(self.p, 1, 1)
-        q = self.q.mul_(scale)
+            q = self.q.mul_(self.member_factor(1.0 / (self.m * var)))
         mix = self.g * (q if self.g.dim() == 3 else q.unsqueeze(3))
         if self.flat_index is not None:  # spread the selected outputs' factors (own and mixture's) at once
             both = self.values.new_zeros(2, self.p, self.m, self.n * self.c)
@@ -450,14 +439,11 @@ class _Batch:
         grad_w = torch.bmm(g.transpose(1, 2), self.zd)
         return grad_w, (g.sum(dim=1) if self.b3 is not None else None)
 
-    def curvature_trace(self) -> float | Tensor:
-        """``E_b ||[z_b, 1]||^2`` (the ``1`` with biases): a float, or ``[P]`` with members."""
-        one = 1.0 if self.b3 is not None else 0.0
-        if self.p == 1:
-            z = self.zd.reshape(-1)
-            return float(torch.dot(z, z)) / self.m + one
+    def curvature_trace(self) -> Tensor:
+        """``E_b ||[z_b, 1]||^2`` per member ``[P]`` (the ``1`` when the heads have biases)."""
         z = self.zd.reshape(self.p, -1)
-        return torch.linalg.vecdot(z, z).div_(self.m).add_(one)
+        trace = torch.linalg.vecdot(z, z).div_(self.m)
+        return trace.add_(1.0) if self.b3 is not None else trace
 
 
 def _head_views(cache: dict[str, Any], weight: Tensor, bias: Tensor | None, p: int) -> tuple:

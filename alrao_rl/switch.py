@@ -30,8 +30,8 @@ Non-finite log-likelihoods (NaN, +-inf) count as likelihood 0. If every model ha
 update is skipped (posterior kept) with a warning.
 
 A switch may hold ``P`` independent switches at once (``members=P``: one per member of a population
-of runs trained together); :func:`switch_update` is the one recursion, vectorized over members, that
-a single switch runs with ``P = 1``.
+of runs trained together); :func:`switch_update` is the one recursion, which a single switch runs once
+and a switch of members once per member.
 """
 
 from __future__ import annotations
@@ -51,47 +51,51 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def switch_update(
-    log_weights: np.ndarray, steps: np.ndarray, log_likelihoods: np.ndarray, theta: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One step of the switch recursion (module docstring) for ``P`` switches of ``N`` models.
+    log_weights: list[list[float]], predictive: list[float], steps: int, log_likelihoods: list[float], theta: float
+) -> tuple[list[list[float]], list[float], list[float]] | None:
+    """One step of the switch recursion (module docstring) for one switch of ``N`` models, in plain
+    Python floats (float64): for ``N ~ 10`` models, ~40 scalar operations cost less than the ~30 calls
+    of a numpy version, and a population runs it member by member, so that each member's switch
+    is its single run's bit for bit.
 
-    :param log_weights: ``[P, 2, N]`` float64, the normalized ``log w_t(s, j)``; updated in place.
-    :param steps: ``[P]`` int64, the updates ``t - 1`` done so far; incremented in place.
-    :param log_likelihoods: ``[P, N]`` float64 ``log p_j(y_t)``; NaN and +-inf count as likelihood 0.
+    :param log_weights: the normalized ``log w_t(s, j)``, ``[[...N], [...N]]`` (``s = 0, 1``).
+    :param predictive: ``log sum_s w_t(s, j)``, ``[N]``.
+    :param steps: the updates ``t - 1`` done so far.
+    :param log_likelihoods: ``log p_j(y_t)``, ``[N]``; NaN and +-inf count as likelihood 0.
     :param theta: the prior parameter.
-    :return: ``(log_filtered, log_predictive, updated)``: ``[P, N]`` each, and the ``[P]`` bool mask
-        of the switches updated (a switch whose models all have likelihood 0 is left as it was).
+    :return: ``(log_weights, log_filtered, log_predictive)`` after the update, or None when every
+        model has likelihood 0 (nothing to update).
     """
     ll = log_likelihoods
-    if not np.isfinite(ll).all():
-        ll = np.where(np.isfinite(ll), ll, -np.inf)
-    # Shifting a switch's log-likelihoods by a common constant leaves its posterior unchanged and
-    # keeps their differences: at -2.5e31, float64 cannot hold a difference of 5.
-    best = ll.max(axis=1, keepdims=True)
-    updated = best[:, 0] > -np.inf
-    if not updated.all():  # (computed with likelihoods 1 to stay finite, then discarded)
-        ll, best = np.where(updated[:, None], ll, 0.0), np.where(updated[:, None], best, 0.0)
-    shift = ll - best
-    # Bayes: filtered_j ∝ predictive_j p_j(y_t), predictive_j = sum_s w_t(s, j)
-    joint = np.logaddexp(log_weights[:, 0], log_weights[:, 1]) + shift
-    total = np.logaddexp.reduce(joint, axis=1, keepdims=True)
+    if not math.isfinite(sum(ll)):  # some are NaN or +-inf
+        ll = [x if math.isfinite(x) else -math.inf for x in ll]
+    # Shifting every log-likelihood by the same constant leaves the posterior unchanged, and keeps
+    # their differences: at -2.5e31, float64 cannot hold a difference of 5.
+    best = max(ll)
+    if best == -math.inf:
+        return None
+    exp, log, log1p = math.exp, math.log, math.log1p
+    # Bayes: filtered_j ∝ predictive_j p_j(y_t), with predictive_j = sum_s w_t(s, j) (all finite)
+    joint = [lp + (x - best) for lp, x in zip(predictive, ll, strict=True)]
+    top = max(joint)
+    total = top + log(sum([exp(v - top) for v in joint]))
     # w~_t(s, j) = w_t(s, j) p_j(y_t) / total
-    w = log_weights + (shift - total)[:, None, :]
+    shift = [x - best - total for x in ll]
+    may_switch, settled = log_weights
+    w0 = [w + d for w, d in zip(may_switch, shift, strict=True)]
     t = steps + 1
-    # log(alpha_t S_t / N), alpha_t = 1/(t+1), S_t = sum_j w~_t(0, j)
-    switch_in = np.logaddexp.reduce(w[:, 0], axis=1) - np.log(t + 1.0) - math.log(w.shape[2])
-    new = np.empty_like(w)
-    np.logaddexp(w[:, 0] + np.log(t / (t + 1.0))[:, None], (switch_in + math.log(theta))[:, None], out=new[:, 0])
-    np.logaddexp(w[:, 1], (switch_in + math.log1p(-theta))[:, None], out=new[:, 1])
-    log_filtered = joint - total
-    log_predictive = np.logaddexp(new[:, 0], new[:, 1])
-    if updated.all():
-        log_weights[...] = new
-        steps += 1
-    else:
-        log_weights[updated] = new[updated]
-        steps[updated] += 1
-    return log_filtered, log_predictive, updated
+    # switch_in = log(alpha_t S_t / N), alpha_t = 1/(t+1)
+    top = max(w0)
+    switch_in = top + log(sum([exp(v - top) for v in w0])) - log((t + 1) * len(ll))
+    stay, in0, in1 = log(t / (t + 1)), switch_in + log(theta), switch_in + log1p(-theta)
+    # log(e^x + e^c) for a finite c (x may be -inf): max + log1p(exp(min - max))
+    new0 = [w + stay for w in w0]
+    new0 = [w + log1p(exp(in0 - w)) if w > in0 else in0 + log1p(exp(w - in0)) for w in new0]
+    new1 = [w + d for w, d in zip(settled, shift, strict=True)]
+    new1 = [w + log1p(exp(in1 - w)) if w > in1 else in1 + log1p(exp(w - in1)) for w in new1]
+    pairs = zip(new0, new1, strict=True)
+    new_predictive = [a + log1p(exp(b - a)) if a > b else b + log1p(exp(a - b)) for a, b in pairs]
+    return [new0, new1], [x - total for x in joint], new_predictive
 
 
 class Switch(nn.Module):
@@ -186,8 +190,28 @@ class Switch(nn.Module):
         else:
             ll = np.asarray(log_likelihoods, dtype=np.float64)
         scratch = self._scratch
-        host = self._host_buffers(scratch)
-        updated = self._update_one(host, ll) if self.members is None else self._update_members(host, ll)  # type: ignore[arg-type]
+        host = weights, predictive, filtered, steps = self._host_buffers(scratch)
+        theta = self.theta
+        if self.members is None:
+            result = switch_update(weights.tolist(), predictive.tolist(), int(steps), ll, theta)  # type: ignore[arg-type]
+            updated = result is not None
+            if result is not None:
+                weights[...], filtered[...], predictive[...] = result
+                steps[...] = int(steps) + 1
+        else:  # member by member (exactly each member's single switch), one read and one write
+            all_weights, all_predictive, all_filtered = weights.tolist(), predictive.tolist(), filtered.tolist()
+            all_steps = steps.tolist()
+            updated = True
+            states = zip(all_weights, all_predictive, all_steps, ll.tolist(), strict=True)
+            for k, (w, pred, t, lls) in enumerate(states):
+                result = switch_update(w, pred, t, lls, theta)
+                if result is None:
+                    updated = False
+                    continue
+                all_weights[k], all_filtered[k], all_predictive[k] = result
+                all_steps[k] = t + 1
+            weights[...], predictive[...], filtered[...] = all_weights, all_predictive, all_filtered
+            steps[...] = all_steps
         if not updated:
             warnings.warn(
                 "Switch.update: every model has likelihood 0 (non-finite log-likelihoods); "
@@ -199,53 +223,6 @@ class Switch(nn.Module):
         if scratch.views is None:  # not on the CPU: copy back
             for name, array in zip(_STATE, host, strict=True):
                 self._buffers[name].copy_(torch.from_numpy(array))  # type: ignore[union-attr]
-
-    def _update_one(self, host: tuple[np.ndarray, ...], ll: list[float]) -> bool:
-        """:func:`switch_update` for one switch, in plain Python floats (float64): for N ~ 10
-        models, ~40 scalar operations cost less than the ~30 numpy calls of the vectorized version
-        (tested equal). Returns False if the update was skipped."""
-        if not math.isfinite(sum(ll)):  # some are NaN or +-inf
-            ll = [x if math.isfinite(x) else -math.inf for x in ll]
-        best = max(ll)
-        if best == -math.inf:
-            return False
-        weights, predictive, filtered, steps = host
-        exp, log, log1p = math.exp, math.log, math.log1p
-        # Bayes: filtered_j ∝ predictive_j p_j(y_t), with predictive_j = sum_s w_t(s, j) (all finite)
-        joint = [lp + (x - best) for lp, x in zip(predictive.tolist(), ll, strict=True)]
-        top = max(joint)
-        total = top + log(sum([exp(v - top) for v in joint]))
-        # w~_t(s, j) = w_t(s, j) p_j(y_t) / total
-        shift = [x - best - total for x in ll]
-        may_switch, settled = weights.tolist()
-        w0 = [w + d for w, d in zip(may_switch, shift, strict=True)]
-        t = int(steps) + 1
-        # switch_in = log(alpha_t S_t / N), alpha_t = 1/(t+1)
-        top = max(w0)
-        switch_in = top + log(sum([exp(v - top) for v in w0])) - log((t + 1) * self.n_models)
-        stay, in0, in1 = log(t / (t + 1)), switch_in + log(self.theta), switch_in + log1p(-self.theta)
-        # log(e^x + e^c) for a finite c (x may be -inf): max + log1p(exp(min - max))
-        new0 = [w + stay for w in w0]
-        new0 = [w + log1p(exp(in0 - w)) if w > in0 else in0 + log1p(exp(w - in0)) for w in new0]
-        new1 = [w + d for w, d in zip(settled, shift, strict=True)]
-        new1 = [w + log1p(exp(in1 - w)) if w > in1 else in1 + log1p(exp(w - in1)) for w in new1]
-        filtered[...] = [x - total for x in joint]
-        weights[...] = (new0, new1)
-        predictive[...] = [
-            a + log1p(exp(b - a)) if a > b else b + log1p(exp(a - b)) for a, b in zip(new0, new1, strict=True)
-        ]
-        steps[...] = t
-        return True
-
-    def _update_members(self, host: tuple[np.ndarray, ...], ll: np.ndarray) -> bool:
-        """:func:`switch_update` on every member; False if some member's update was skipped."""
-        weights, predictive, filtered, steps = host
-        log_filtered, log_predictive, updated = switch_update(weights, steps, ll, self.theta)
-        if updated.all():
-            filtered[...], predictive[...] = log_filtered, log_predictive
-            return True
-        filtered[updated], predictive[updated] = log_filtered[updated], log_predictive[updated]
-        return False
 
     def averaging_weights(self, filtered: bool, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         """``(log a, a)``: the filtered (or predictive) posterior as ``dtype`` on ``device``.

@@ -23,11 +23,10 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from agents.dqn import DQNAgent, DQNConfig
-from alrao_rl import RunningVariance
-from alrao_rl.variance import running_variance
 from agents.replay_buffer import TorchReplayBatch
 from agents.sb3 import AlraoDQN, AlraoDQNPolicy, AlraoQNetwork
-from alrao_rl import AlraoSGD
+from alrao_rl import AlraoSGD, RunningVariance
+from alrao_rl.variance import running_variance
 from envs import make_env
 
 # Small and fast: learning starts early and every step trains.

@@ -1,0 +1,140 @@
+"""PopulationDQN: every member is its single run, members never mix, the population resumes exactly."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import population as population_module
+from agents.dqn import DQNConfig, train
+from agents.population import PopulationBuffer, PopulationDQN
+from alrao_rl.checkpoint import load_checkpoint
+
+SHORT = {"env": "CartPole-v1", "total_steps": 1500, "learning_starts": 1000, "eval_every": 1500, "eval_episodes": 2}
+
+
+def _member_state(pop: PopulationDQN, k: int) -> dict[str, torch.Tensor]:
+    """Member ``k``'s online network, as the float tensors of its group's state dict (member slice)."""
+    group = next(g for g in pop.groups if k in g.members)
+    j = group.members.index(k)
+    return {n: v[j] for n, v in group.online.state_dict().items() if v.dtype.is_floating_point and "switch" not in n}
+
+
+def test_every_member_equals_its_single_run_bit_for_bit_for_500_updates(tmp_path: Path) -> None:
+    configs = [
+        DQNConfig(method="alrao", seed=0, **SHORT),
+        DQNConfig(method="sgd", lr=1e-2, seed=1, **SHORT),
+        DQNConfig(method="adam", seed=2, **SHORT),
+        DQNConfig(method="alrao", seed=3, lr=0.5, **SHORT),
+    ]
+    pop = PopulationDQN(configs)
+    logdirs = [str(tmp_path / f"member{k}") for k in range(len(configs))]
+    summaries = pop.train(logdirs, str(tmp_path / "population"), progress=False)
+    for k, config in enumerate(configs):
+        single = train(config, str(tmp_path / f"single{k}"), progress=False)
+        assert summaries[k]["episodes"] == single["episodes"]
+        assert summaries[k]["final_eval_return_mean"] == single["final_eval_return_mean"], f"member {k}"
+        evals = (tmp_path / f"member{k}" / "evals.csv").read_text()
+        assert evals == (tmp_path / f"single{k}" / "evals.csv").read_text()
+        saved = load_checkpoint(tmp_path / f"single{k}" / "checkpoint.pt")["agent"]["q_net"]
+        singles = [v for n, v in saved.items() if v.dtype.is_floating_point and "switch" not in n]
+        members = list(_member_state(pop, k).values())
+        assert len(singles) == len(members)
+        for s, p in zip(singles, members, strict=True):
+            assert torch.equal(p, s), f"member {k}"
+        assert summaries[k]["td_variance"] == single["td_variance"]
+
+
+def test_a_diverging_member_leaves_the_others_untouched() -> None:
+    """A member whose weights are NaN (a diverged SGD run) stays NaN in its own slices; the other
+    members, in the same groups, equal a population without it bit for bit."""
+    others = [DQNConfig(method="sgd", lr=1e-2, seed=1, **SHORT), DQNConfig(method="alrao", seed=2, **SHORT),
+              DQNConfig(method="adam", seed=3, **SHORT), DQNConfig(method="alrao", seed=4, **SHORT)]
+    with_it = PopulationDQN([DQNConfig(method="sgd", lr=10.0, seed=0, **SHORT), others[0], others[1],
+                             DQNConfig(method="alrao", seed=5, **SHORT), *others[2:]])
+    for group in with_it.groups:  # members 0 (SGD) and 3 (Alrao) have diverged
+        with torch.no_grad():
+            for k in (0, 3):
+                if k in group.members:
+                    for param in group.online.parameters():
+                        param[group.members.index(k)] = math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        summaries = with_it.train(None, None, progress=False)
+        without = PopulationDQN(others)
+        without.train(None, None, progress=False)
+    assert not torch.isfinite(next(iter(_member_state(with_it, 0).values()))).any()
+    assert all(math.isfinite(s["final_eval_return_mean"]) for s in summaries)  # reported, then judged as failed
+    for k, j in ((1, 0), (2, 1), (4, 2), (5, 3)):
+        for (name, a), b in zip(_member_state(with_it, k).items(), _member_state(without, j).values(), strict=True):
+            assert torch.equal(a, b), (k, name)
+
+
+def test_the_population_resumes_exactly(tmp_path: Path) -> None:
+    """Stopped mid-episode (environments restored by replaying their episode), resumed: the same
+    weights, replay and evaluations as a population never stopped."""
+    configs = [DQNConfig(method=m, seed=s, lr=1e-2 if m == "sgd" else None, checkpoint_every=10**6, **SHORT)
+               for m, s in (("alrao", 0), ("sgd", 1), ("adam", 2))]
+    whole = PopulationDQN(configs)
+    whole.train([str(tmp_path / f"w{k}") for k in range(3)], str(tmp_path / "whole"), progress=False)
+    first = PopulationDQN([DQNConfig(**{**vars(c), "total_steps": 1237}) for c in configs])
+    first.train(None, str(tmp_path / "parts"), progress=False)  # 1237 steps, mid-episode for each member
+    second = PopulationDQN(configs)
+    second.train([str(tmp_path / f"p{k}") for k in range(3)], str(tmp_path / "parts"), resume=True, progress=False)
+    for k in range(3):
+        for (name, a), b in zip(_member_state(whole, k).items(), _member_state(second, k).values(), strict=True):
+            assert torch.equal(a, b), (k, name)
+        whole_evals = (tmp_path / f"w{k}" / "evals.csv").read_text().splitlines()
+        resumed_evals = (tmp_path / f"p{k}" / "evals.csv").read_text().splitlines()
+        assert resumed_evals[-1] == whole_evals[-1]  # (the shorter first part also evaluated at its end)
+    a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
+    assert torch.equal(a["buffer"]["observations"], b["buffer"]["observations"])
+    assert a["rngs"] == b["rngs"]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"gamma": 0.9}, "differs in gamma"), ({"env": "Acrobot-v1"}, "differs in env"),
+     ({"hidden": (32, 32)}, "differs in hidden")],
+)
+def test_members_may_differ_only_in_seed_method_and_lr(change: dict, match: str) -> None:
+    base = DQNConfig(**SHORT)
+    with pytest.raises(ValueError, match=match):
+        PopulationDQN([base, DQNConfig(**{**vars(base), **change})])
+
+
+def test_a_population_that_does_not_fit_in_memory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(population_module, "available_memory", lambda: 10**6)
+    with pytest.raises(ValueError, match=r"--buffer-size"):
+        PopulationDQN([DQNConfig(env="CartPole-v1", total_steps=100_000, seed=s) for s in range(3)])
+
+
+def test_buffer_capacity_is_at_most_the_steps_of_the_run() -> None:
+    pop = PopulationDQN([DQNConfig(env="CartPole-v1", total_steps=2000, buffer_size=10**6)])
+    assert pop.capacity == 2000
+    assert pop.memory_bytes == PopulationBuffer.nbytes_for(1, (4,), 2000)
+
+
+def test_each_member_samples_its_replay_as_its_single_buffer_would() -> None:
+    from agents.replay_buffer import ReplayBuffer
+
+    gen = np.random.default_rng(0)
+    pop = PopulationBuffer(3, (2,), 50, seeds=[5, 6, 7])
+    singles = [ReplayBuffer((2,), 1000, seed=s) for s in (5, 6, 7)]
+    for _ in range(40):
+        obs, nxt = gen.normal(size=(3, 2)).astype(np.float32), gen.normal(size=(3, 2)).astype(np.float32)
+        a, r, d = gen.integers(0, 3, 3), gen.normal(size=3).astype(np.float32), gen.random(3) < 0.1
+        pop.add(obs, a, r, nxt, d)
+        for k, buf in enumerate(singles):
+            buf.add(obs[k], int(a[k]), float(r[k]), nxt[k], bool(d[k]))
+    batch = pop.sample(16)
+    for k, buf in enumerate(singles):
+        expected = buf.sample(16).to_torch()
+        for got, want in zip(batch, expected, strict=True):
+            torch.testing.assert_close(got[k], want)
+
