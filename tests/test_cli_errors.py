@@ -28,7 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_cifar_data import _fake_batches, _write_python  # noqa: E402
@@ -47,7 +46,7 @@ class _AcceptedError(Exception):
 
 
 def _main(name: str) -> Callable[[list[str]], int]:
-    return importlib.import_module(name).main  # type: ignore[no-any-return]
+    return importlib.import_module(f"alrao_cli.{name}").main  # type: ignore[no-any-return]
 
 
 @pytest.fixture(autouse=True)
@@ -314,7 +313,7 @@ def _type_rows() -> list[Any]:
         if MISSING_SCRIPT[name]:
             rows.append(Row(name, "--help", "").param())  # skipped with the reason
             continue
-        parser = importlib.import_module(name).build_parser()
+        parser = importlib.import_module(f"alrao_cli.{name}").build_parser()
         for action in parser._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
                 continue

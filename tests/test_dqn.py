@@ -201,8 +201,7 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(tmp_path: Pat
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from run_dqn import main
+    from alrao_cli.run_dqn import main
 
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--logdir", str(tmp_path / "run")])

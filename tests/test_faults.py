@@ -27,13 +27,11 @@ import pytest
 import torch
 
 from agents.dqn import DQNConfig, train
+from alrao_cli.run_dqn import main as dqn_main
 from alrao_rl import checkpoint as ckpt_mod
 from alrao_rl.checkpoint import FORMAT, META_KEY, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from run_dqn import main as dqn_main  # noqa: E402
 
 TOTAL = 3000
 COMMON = [

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from run_cifar import main as cifar_main  # noqa: E402
-from run_ptb import main as ptb_main  # noqa: E402
 from test_cifar_data import _fake_batches, _write_binary, _write_python  # noqa: E402
 from test_supervised_train import PTB_LINES  # noqa: E402
 
+from alrao_cli.run_cifar import main as cifar_main  # noqa: E402
+from alrao_cli.run_ptb import main as ptb_main  # noqa: E402
 from alrao_rl.supervised.train import EVALS_COLUMNS, SUMMARY_KEYS  # noqa: E402
 
 REAL_PTB = Path("/work/shared/data/ptb")

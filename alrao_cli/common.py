@@ -1,4 +1,4 @@
-"""Shared plumbing for the scripts: argparse from a config dataclass, one-line errors, exit status 2."""
+"""Shared plumbing for the commands: argparse from a config dataclass, one-line errors, exit status 2."""
 
 from __future__ import annotations
 
@@ -15,13 +15,27 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-__all__ = ["OneLineParser", "add_config_arguments", "config_from_args", "fail", "field_docs"]
+__all__ = [
+    "OneLineParser",
+    "add_config_arguments",
+    "add_method_arguments",
+    "check_logdir",
+    "config_from_args",
+    "fail",
+    "field_docs",
+    "make_logdir",
+    "program",
+]
+
+
+def program() -> str:
+    """The name the program was called by (``run_dqn.py``, ``alrao-dqn``): what argparse shows too."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "alrao"
 
 
 def fail(message: str) -> NoReturn:
     """Print ``prog: error: message`` on one line to stderr and exit with status 2."""
-    prog = argparse.ArgumentParser().prog
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"{program()}: error: {' '.join(str(message).split())}", file=sys.stderr)
     raise SystemExit(2)
 
 
