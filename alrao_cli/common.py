@@ -9,6 +9,7 @@ import inspect
 import itertools
 import os
 import sys
+import tempfile
 import textwrap
 import types
 import typing
@@ -21,6 +22,7 @@ __all__ = [
     "add_method_arguments",
     "check_logdir",
     "config_from_args",
+    "describe_os_error",
     "fail",
     "field_docs",
     "make_logdir",
@@ -122,7 +124,8 @@ def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str) -
 
 def check_logdir(logdir: str, resume: bool) -> None:
     """Refuse a ``--logdir`` that cannot take this run, before anything is written: a file, a
-    folder that already holds a run (unless resuming), or a resume without a checkpoint."""
+    folder that already holds a run (unless resuming), a resume without a checkpoint, or a folder
+    this process cannot write to."""
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         fail(f"--logdir {logdir!r} is a file, not a folder")
     existing = [f for f in ("checkpoint.pt", "summary.json") if os.path.exists(os.path.join(logdir, f))]
@@ -130,11 +133,33 @@ def check_logdir(logdir: str, resume: bool) -> None:
         fail(f"--logdir {logdir!r} already holds a run ({', '.join(existing)}); use --resume or another --logdir")
     if resume and not os.path.exists(os.path.join(logdir, "checkpoint.pt")):
         fail(f"--resume: no checkpoint.pt in {logdir!r}")
+    if os.path.isdir(logdir):
+        _check_writable(logdir)
 
 
 def make_logdir(logdir: str) -> None:
-    """Create ``logdir`` (and its parents), or exit 2 naming the problem."""
+    """Create ``logdir`` (and its parents) and check that files can be written in it, or exit 2 naming
+    the problem."""
     try:
         os.makedirs(logdir, exist_ok=True)
     except OSError as e:
         fail(f"--logdir {logdir!r}: {e.strerror}")
+    _check_writable(logdir)
+
+
+def _check_writable(folder: str) -> None:
+    """Exit 2 unless a file can be created in ``folder`` (permissions, a read-only file system): found by
+    trying, since ``os.access`` says yes to root and knows nothing of read-only mounts. The probe is an
+    anonymous temporary file: nothing is left behind."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        fail(f"--logdir {folder!r} is not writable: {e.strerror}")
+
+
+def describe_os_error(e: OSError) -> str:
+    """``strerror: path`` for an ``OSError`` (the path decoded if it came as bytes), else its text."""
+    if e.filename is None:
+        return str(e)
+    return f"{e.strerror or e}: {os.fsdecode(e.filename)}"

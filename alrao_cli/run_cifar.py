@@ -32,6 +32,7 @@ from alrao_cli.common import (
     add_method_arguments,
     check_logdir,
     config_from_args,
+    describe_os_error,
     fail,
     make_logdir,
 )
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
             summary = train_classifier(config, data, logdir, resume=args.resume, progress=progress)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
+    except OSError as e:  # an unreadable or full file system
+        fail(describe_os_error(e))
     except mp.ProcessRaisedException as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         fail(f"a training process failed: {lines[-1] if lines else e}")

@@ -24,6 +24,7 @@ from alrao_cli.common import (
     add_method_arguments,
     check_logdir,
     config_from_args,
+    describe_os_error,
     fail,
     make_logdir,
     program,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     except OSError as e:  # a missing, unreadable or full file system
-        fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+        fail(describe_os_error(e))
     except KeyboardInterrupt:
         print(f"{program()}: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
         return 130

@@ -444,3 +444,43 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line_and_no_traceback(
     assert proc.stdout == ""
     assert _snapshot(tmp_path) == before
     assert not data["marker"].exists()
+
+
+# --- an output folder that cannot be written ------------------------------------------------------------------
+
+
+def _read_only(folder: Path, command: list[str]) -> list[str]:
+    """``command`` run where ``folder`` cannot be written: permissions for a normal user; for root (whom
+    permissions do not stop) a read-only bind mount in a private mount namespace."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command
+    probe = ["unshare", "-m", "sh", "-c", f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))} && "
+             f"mount -o remount,bind,ro {shlex.quote(str(folder))} && exec \"$@\"", "sh"]
+    try:
+        ok = subprocess.run([*probe, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("running as root without mount namespaces: no way to make a folder read-only")
+    return [*probe, *command]
+
+
+@pytest.mark.parametrize("script", ["run_dqn", "run_cifar", "run_ptb"])
+def test_a_read_only_logdir_exits_2_with_one_line_naming_the_path(
+    script: str, tmp_path: Path, data: dict[str, Path]
+) -> None:
+    logdir = tmp_path / "readonly"
+    logdir.mkdir()
+    base = {"run_dqn": TINY["run_dqn"], "run_cifar": TINY["run_cifar"], "run_ptb": TINY["run_ptb"]}[script]
+    argv = [*_expand(base, {"root": data["root"]}), "--logdir", str(logdir)]
+    command = _read_only(logdir, [sys.executable, str(SCRIPTS / f"{script}.py"), *argv])
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        logdir.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"{script}.py: error: --logdir {str(logdir)!r} is not writable"), proc.stderr
+    assert "b'" not in proc.stderr
+    assert list(logdir.iterdir()) == []
