@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from alrao_cli.common import (
     OneLineParser,
@@ -42,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_buffer_memory(config: Any, obs_shape: tuple[int, ...]) -> None:
+    """Exit 2 when the replay buffer at ``--buffer-size`` transitions needs more bytes than the
+    memory available (it is allocated at full capacity; pages are committed as it fills)."""
+    from agents.replay_buffer import ReplayBuffer, available_memory
+
+    needed = ReplayBuffer.bytes_needed(obs_shape, config.buffer_size)
+    available = available_memory()
+    if available is not None and needed > available:
+        fail(f"--buffer-size {config.buffer_size} needs {needed:,} bytes for the replay buffer of {config.env} "
+             f"({needed // config.buffer_size} bytes per transition); only {available:,} bytes of memory are "
+             f"available")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     method = args.optimizer or "alrao"
     config = config_from_args(DQNConfig, args, method=method)
     try:  # check the env before anything is written
-        make_env(config.env, n_bins=config.n_bins).close()
+        env = make_env(config.env, n_bins=config.n_bins)
     except (ValueError, TypeError) as e:
         fail(str(e))
+    obs_shape = env.observation_space.shape
+    env.close()
+    check_buffer_memory(config, obs_shape)
     logdir = args.logdir or os.path.join("runs", f"{config.env}-{method}-seed{config.seed}")
     check_logdir(logdir, args.resume)
     make_logdir(logdir)
@@ -68,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except OSError as e:  # a missing, unreadable or full file system
         fail(describe_os_error(e))
+    except MemoryError:  # the memory went elsewhere since check_buffer_memory
+        check_buffer_memory(config, obs_shape)
+        fail(f"out of memory for --buffer-size {config.buffer_size} (try a smaller one)")
     except KeyboardInterrupt:
         print(f"{program()}: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
         return 130

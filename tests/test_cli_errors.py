@@ -150,6 +150,7 @@ DQN = [
     ("--eval-episodes 0", "eval_episodes must be >= 1"),
     ("--batch-size 0", "batch_size must be >= 1"),
     ("--buffer-size 0", "buffer_size must be >= 1"),
+    ("--buffer-size 100000000000", "--buffer-size 100000000000 needs 3,700,000,000,000 bytes"),
     ("--train-freq 0", "train_freq must be >= 1"),
     ("--checkpoint-every 0", "checkpoint_every must be >= 1"),
     ("--learning-starts -1", "learning_starts must be >= 0, got -1"),
@@ -413,6 +414,7 @@ def test_bad_values_that_only_training_would_meet_are_refused_before_anything_is
 
 PROCESS_ROWS: list[Any] = [
     Row("run_dqn", "--env Nope-v0", "Unknown environment id").param(),
+    Row("run_dqn", "--env CartPole-v1 --buffer-size 100000000000", "bytes of memory are available").param(),
     Row("run_cifar", "--data-dir {root}/cifar-evil", "global posix.system is not allowed").param(),
     Row(
         "run_ptb",
