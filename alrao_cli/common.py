@@ -27,6 +27,7 @@ __all__ = [
     "field_docs",
     "make_logdir",
     "program",
+    "stopped_status",
 ]
 
 
@@ -156,6 +157,15 @@ def _check_writable(folder: str) -> None:
             pass
     except OSError as e:
         fail(f"--logdir {folder!r} is not writable: {e.strerror}")
+
+
+def stopped_status(default: int = 1) -> int:
+    """Exit status of a run stopped early by a signal: ``128 + signal`` (130 for Ctrl-C, 143 for
+    SIGTERM), as a shell reports a process that signal killed; ``default`` if no signal is on record."""
+    from alrao_rl.checkpoint import last_stop_signal
+
+    signum = last_stop_signal()
+    return 128 + int(signum) if signum is not None else default
 
 
 def describe_os_error(e: OSError) -> str:

@@ -13,8 +13,9 @@ of 32, early stopping after --patience epochs without a better validation loss, 
 validation epoch. With several processes --batch-size is per process (global batch = batch x processes).
 
 Writes to --logdir: evals.csv (epoch,train_loss,valid_loss,valid_accuracy; losses in nats), summary.json,
-checkpoint.pt, best.pt and TensorBoard events. Ctrl-C stops at the end of the epoch after saving a
-checkpoint; --resume continues (a larger --epochs or --patience extends the run).
+checkpoint.pt, best.pt and TensorBoard events. Ctrl-C (SIGTERM) stops at the end of the epoch after saving
+a checkpoint and exits with status 130 (143); --resume continues (a larger --epochs or --patience extends
+the run). Installed as the command alrao-cifar (same flags).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from alrao_cli.common import (
     describe_os_error,
     fail,
     make_logdir,
+    program,
+    stopped_status,
 )
 
 # --- shared with run_ptb.py ------------------------------------------------------------------------------
@@ -102,9 +105,12 @@ def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
     except mp.ProcessRaisedException as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         fail(f"a training process failed: {lines[-1] if lines else e}")
+    except KeyboardInterrupt:  # a second signal: stopped at once
+        print(f"{program()}: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
+        return stopped_status(default=130)
     if rank == 0:
         print(json.dumps(summary if summary is not None else {"interrupted": True, "logdir": logdir}))
-    return 0
+    return 0 if summary is not None else stopped_status()
 
 
 # --- CIFAR ---------------------------------------------------------------------------------------------

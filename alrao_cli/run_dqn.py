@@ -6,8 +6,9 @@
     python scripts/run_dqn.py --env Pendulum-v1 --alrao --logdir runs/a --resume   # continue a run
 
 Writes to --logdir: evals.csv (step,eval_return_mean,eval_return_std), summary.json, checkpoint.pt
-and TensorBoard events (tensorboard --logdir runs). Ctrl-C stops at the end of the current
-episode after saving a checkpoint; --resume continues exactly where it stopped.
+and TensorBoard events (tensorboard --logdir runs). Ctrl-C (SIGTERM) stops at the end of the current
+episode after saving a checkpoint and exits with status 130 (143); --resume continues exactly where it
+stopped. Installed as the command alrao-dqn (same flags).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from alrao_cli.common import (
     fail,
     make_logdir,
     program,
+    stopped_status,
 )
 
 
@@ -90,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"out of memory for --buffer-size {config.buffer_size} (try a smaller one)")
     except KeyboardInterrupt:
         print(f"{program()}: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
-        return 130
-    shown = {k: summary[k] for k in ("env", "method", "total_steps", "final_eval_return_mean", "steps_per_second")}
-    print(json.dumps(shown))
-    return 0
+        return stopped_status(default=130)
+    keys = ("env", "method", "total_steps", "final_eval_return_mean", "steps_per_second", "interrupted")
+    print(json.dumps({k: summary[k] for k in keys}))
+    return stopped_status() if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":

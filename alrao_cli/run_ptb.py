@@ -16,7 +16,9 @@ word-level ptb.{train,valid,test}.txt. Only the validation and test splits are i
 for a local demo train on ptb.valid.txt and use the halves of ptb.test.txt as validation and test.
 
 Writes to --logdir: evals.csv (epoch,train_loss,valid_loss,valid_accuracy), summary.json,
-checkpoint.pt, best.pt and TensorBoard events; --resume continues a run.
+checkpoint.pt, best.pt and TensorBoard events; --resume continues a run. Ctrl-C (SIGTERM) stops at the
+end of the epoch after saving a checkpoint and exits with status 130 (143). Installed as the command
+alrao-ptb (same flags).
 """
 
 from __future__ import annotations

@@ -115,7 +115,9 @@ def test_sigkill_at_a_random_moment_loses_nothing_but_time(tmp_path: Path, seed:
     assert (tmp_path / "full" / "evals.csv").read_text() == (tmp_path / "run" / "evals.csv").read_text()
 
 
-def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_0(tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_143(tmp_path: Path) -> None:
+    """128 + 15, as a shell reports a process ended by SIGTERM: a script can tell a stopped run from a
+    finished one (exit 0)."""
     logdir = tmp_path / "run"
     proc = _script(*COMMON, "--logdir", str(logdir))
     _wait_for(logdir / "checkpoint.pt", proc)
@@ -123,7 +125,7 @@ def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_0(tmp_path: Pa
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert "signal 15" in err and "Traceback" not in err
     summary = json.loads((logdir / "summary.json").read_text())
     saved = load_checkpoint(logdir / "checkpoint.pt")["progress"]
@@ -168,8 +170,9 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(double_sigt
 def test_a_second_signal_is_reported_in_one_line(double_sigterm: _DoubleSignal) -> None:
     err = double_sigterm.stderr
     assert "Traceback" not in err, err
-    # 130: the loop stopped at once; -SIGTERM: the signal came after the run had restored the default handler
-    assert double_sigterm.returncode in (130, -signal.SIGTERM), double_sigterm.returncode
+    # 143 (128 + SIGTERM): the loop stopped at once; -SIGTERM: the signal came after the run had restored the
+    # default handler
+    assert double_sigterm.returncode in (143, -signal.SIGTERM), double_sigterm.returncode
 
 
 # --- checkpoints that must be refused ----------------------------------------------------------------------

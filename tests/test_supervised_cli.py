@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,27 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "no complete CIFAR-10 distribution" in proc.stderr
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_exit_128_plus_its_number(
+    ptb_dir: Path, tmp_path: Path, sig: int, status: int
+) -> None:
+    logdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "run_ptb.py"), *_ptb_files(ptb_dir), *TINY_PTB, "--epochs", "100000",
+         "--patience", "100000", "--logdir", str(logdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    while not (logdir / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    from alrao_rl.checkpoint import load_checkpoint
+
+    assert load_checkpoint(logdir / "checkpoint.pt")["progress"]["epoch"] >= 1
+    assert not (logdir / "summary.json").exists() and json.loads(out.strip().splitlines()[-1])["interrupted"] is True
