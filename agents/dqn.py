@@ -450,6 +450,9 @@ def train(
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"{ckpt_path!r} is a malformed checkpoint: {type(e).__name__}: {e}") from e
+        if config.total_steps < state.step:  # the summary would contradict its own config
+            raise ValueError(f"total_steps {config.total_steps} is below the {state.step} steps this run has "
+                             f"already done; give at least {state.step} to resume it")
         obs, _ = env.reset()
 
     writer = SummaryWriter(logdir) if logdir else None

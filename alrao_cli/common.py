@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import itertools
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -20,11 +21,13 @@ __all__ = [
     "OneLineParser",
     "add_config_arguments",
     "add_method_arguments",
+    "as_flags",
     "check_logdir",
     "config_from_args",
     "describe_os_error",
     "fail",
     "field_docs",
+    "flag_fields",
     "make_logdir",
     "program",
     "stopped_status",
@@ -101,6 +104,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Itera
             metavar=f.name.upper() if nargs is None else tuple(f"W{i + 1}" for i in range(nargs)),
             help=f"{docs.get(f.name, '')} (default: {default})",
         )
+
+
+def as_flags(message: str, names: Iterable[str]) -> str:
+    """``message`` with each config field in ``names`` written as its command-line flag (``bptt`` ->
+    ``--bptt``, ``eta_min`` -> ``--eta-min``): the library names fields, a command names its flags.
+
+    Only whole words are replaced, not quoted values (``'bptt'``) nor parts of flags or paths.
+    """
+    names = sorted(set(names), key=len, reverse=True)
+    if not names:
+        return message
+    pattern = re.compile(r"(?<![\w'\"./-])(" + "|".join(map(re.escape, names)) + r")(?![\w'\"/-])")
+    return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
+def flag_fields(parser: argparse.ArgumentParser) -> list[str]:
+    """The ``dest`` of every ``--flag`` of ``parser`` that is spelled ``--dest-with-dashes``."""
+    return [a.dest for a in parser._actions for o in a.option_strings if o == "--" + a.dest.replace("_", "-")]
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

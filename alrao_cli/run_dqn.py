@@ -24,10 +24,12 @@ from alrao_cli.common import (
     OneLineParser,
     add_config_arguments,
     add_method_arguments,
+    as_flags,
     check_logdir,
     config_from_args,
     describe_os_error,
     fail,
+    flag_fields,
     make_logdir,
     program,
     stopped_status,
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(config, logdir, resume=args.resume, progress=not args.no_progress)
     except (CheckpointError, ValueError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flag_fields(parser)))
     except OSError as e:  # a missing, unreadable or full file system
         fail(describe_os_error(e))
     except MemoryError:  # the memory went elsewhere since check_buffer_memory

@@ -239,6 +239,17 @@ def test_a_finished_run_can_be_extended_with_a_larger_total_steps(tmp_path: Path
     assert json.loads((logdir / "summary.json").read_text())["total_steps"] == 800
 
 
+def test_resuming_with_a_total_below_the_steps_done_is_refused_naming_both(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the run was accepted and summary.json said total_steps 400 next to config.total_steps 200."""
+    logdir = _copy_run(finished_run, tmp_path)
+    before = _snapshot(logdir)
+    err = _refused([*SHORT, "--total-steps", "200", "--logdir", str(logdir), "--resume"], capsys)
+    assert "--total-steps 200 is below the 400 steps this run has already done" in err, err
+    assert _snapshot(logdir) == before
+
+
 class _Evil:
     """Unpickling this runs a shell command that creates a marker file."""
 
