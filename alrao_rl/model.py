@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -171,8 +171,10 @@ class AlraoModel(nn.Module):
         return self.switch.log_posterior
 
     def forward(self, x: Tensor) -> AlraoOutput:
-        """Run the body on ``x``, then :meth:`output`."""
-        return self.output(self.body(x))
+        """Run the body on ``x``, then :meth:`output`. A recurrent body (one that returns
+        ``(features, state)``) is run as ``z, state = model.body(x, state); out = model.output(z)``
+        to train, and predicts with :meth:`predict_with_state`."""
+        return self.output(_features(self.body(x)))
 
     def output(self, z: Tensor, log_weights: Tensor | None = None, switch: Switch | None = None) -> AlraoOutput:
         """Heads and mixture weights on the body's output ``z`` (use it when the body returns
@@ -251,7 +253,39 @@ class AlraoModel(nn.Module):
         if torch.is_grad_enabled():  # (one no_grad context, not one per call in a no_grad caller)
             with torch.no_grad():
                 return self.predict(x, switch)
-        z = self.body(x)
+        return self._predict_features(_features(self.body(x)), switch)
+
+    def predict_with_state(self, x: Tensor, state: Any = None, switch: Switch | None = None) -> tuple[Tensor, Any]:
+        """:meth:`predict` for a recurrent body, called as ``body(x, state) -> (features, state)``
+        (an ``nn.LSTM``, :class:`alrao_rl.supervised.CharLSTM`): the averaged model's output and the
+        body's new state, to pass to the next call (no gradient).
+
+        >>> model = AlraoModel(nn.LSTM(3, 5), nn.Linear(5, 2), n_heads=3, task="regression")
+        >>> y1, state = model.predict_with_state(torch.zeros(4, 1, 3))        # time 0..3
+        >>> y2, state = model.predict_with_state(torch.zeros(2, 1, 3), state)  # time 4..5, carried on
+        >>> y2.shape
+        torch.Size([2, 1, 2])
+
+        :param x: the body's input.
+        :param state: the state the previous call returned, or None to let the body start afresh
+            (it is then called as ``body(x)``).
+        :param switch: average with this switch instead of the model's own (see :meth:`output`).
+        :raises TypeError: when the body does not return a pair ``(features, state)``.
+        """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.predict_with_state(x, state, switch)
+        result = self.body(x) if state is None else self.body(x, state)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Tensor)):
+            raise TypeError(
+                f"predict_with_state needs a recurrent body, body(x, state) -> (features, state); this body "
+                f"returned a {type(result).__name__}: use predict(x)"
+            )
+        z, state = result
+        return self._predict_features(z, switch), state
+
+    def _predict_features(self, z: Tensor, switch: Switch | None) -> Tensor:
+        """The averaged model's output on the body's output ``z`` (see :meth:`predict`)."""
         heads = self.heads
         if self.task == "regression" and z.shape[-1] == heads.in_features:
             source = self.switch if switch is None else switch
@@ -266,3 +300,15 @@ class AlraoModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"task={self.task!r}, averaging={self.averaging!r}"
+
+
+def _features(z: Any) -> Tensor:
+    """The body's output, unless it is the ``(features, state)`` pair of a recurrent body, which needs
+    the state passed explicitly (a TypeError that says how)."""
+    if isinstance(z, tuple):
+        raise TypeError(
+            f"the body returned a tuple of {len(z)}, as a recurrent body returns (features, state): predict "
+            f"with model.predict_with_state(x, state); train with z, state = model.body(x, state); "
+            f"out = model.output(z)"
+        )
+    return z

@@ -239,3 +239,41 @@ def test_predict_averages_the_heads_before_the_product_and_falls_back_when_not_f
     prediction = model.predict(x)
     assert torch.isfinite(prediction).all()
     torch.testing.assert_close(prediction, model(x).prediction)
+
+
+# --- recurrent bodies -----------------------------------------------------------------------------------------
+
+
+def _recurrent(task: str) -> AlraoModel:
+    torch.manual_seed(0)
+    model = AlraoModel(nn.LSTM(3, 5), nn.Linear(5, 4), n_heads=3, task=task)  # body(x, (h, c)) -> (z, (h, c))
+    with torch.no_grad():
+        model.heads.weight.normal_()
+    model.switch.update(torch.tensor([-1.0, -0.2, -3.0]))
+    return model
+
+
+@pytest.mark.parametrize("call", ["forward", "predict"])
+def test_a_recurrent_body_called_without_state_points_to_predict_with_state(call: str) -> None:
+    model = _recurrent("regression")
+    with pytest.raises(TypeError, match=r"returned a tuple.*predict_with_state"):
+        getattr(model, call)(torch.randn(6, 2, 3))
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_predict_with_state_carries_the_state_like_one_pass_over_the_sequence(task: str) -> None:
+    model = _recurrent(task)
+    x = torch.randn(6, 2, 3)  # [time, batch, features]
+    whole, (h, c) = model.predict_with_state(x)
+    z, _ = model.body(x)
+    torch.testing.assert_close(whole, model.output(z).prediction)
+    first, state = model.predict_with_state(x[:4])
+    second, last = model.predict_with_state(x[4:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    torch.testing.assert_close(last[0], h)
+    assert not whole.requires_grad
+
+
+def test_predict_with_state_refuses_a_body_that_returns_no_state() -> None:
+    with pytest.raises(TypeError, match=r"body\(x, state\) -> \(features, state\)"):
+        _model().predict_with_state(torch.randn(4, 2))
