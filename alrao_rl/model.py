@@ -47,9 +47,11 @@ class AlraoOutput:
     :param features: the body's output ``z`` (differentiable) the heads were computed from.
     :param index: the output selected per sample by :meth:`gather`, or None.
     :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
+    :param model: the :class:`AlraoModel` whose forward made it (its :meth:`AlraoModel.loss` refuses
+        the outputs of any other model); None for an output built by hand.
     """
 
-    __slots__ = ("features", "finite", "index", "log_weights", "task", "values", "weights")
+    __slots__ = ("features", "finite", "index", "log_weights", "model", "task", "values", "weights")
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class AlraoOutput:
         features: Tensor,
         index: Tensor | None = None,
         weights: Tensor | None = None,
+        model: AlraoModel | None = None,
     ) -> None:
         self.values = values
         self.log_weights = log_weights
@@ -68,6 +71,7 @@ class AlraoOutput:
         self.features = features
         self.index = index
         self.weights = weights
+        self.model = model
 
     @property
     def heads(self) -> Tensor:
@@ -109,7 +113,9 @@ class AlraoOutput:
         index = index.long()
         expanded = index.reshape(*lead, 1, 1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
-        return AlraoOutput(selected, self.log_weights, self.finite, self.task, self.features, index, self.weights)
+        return AlraoOutput(
+            selected, self.log_weights, self.finite, self.task, self.features, index, self.weights, self.model
+        )
 
 
 class AlraoModel(nn.Module):
@@ -206,7 +212,7 @@ class AlraoModel(nn.Module):
                 )
             lw = torch.where(finite, lw, -math.inf)
             lw, a = lw - torch.logsumexp(lw, dim=0), None
-        return AlraoOutput(values, lw, finite, self.task, z, weights=a)
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a, model=self)
 
     def loss(self, out: AlraoOutput, target: Tensor, variance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The Alrao loss of a forward pass (see :mod:`alrao_rl.losses`).
@@ -216,7 +222,8 @@ class AlraoModel(nn.Module):
         left out of it (non-finite outputs or likelihood) are marked dead for good (see
         :class:`alrao_rl.AlraoHeads`), unless every head is: then the body is to blame.
 
-        :param out: this model's output (possibly ``out.gather(actions)``).
+        :param out: this model's output (possibly ``out.gather(actions)``); the output of another
+            model, even one of the same shapes, is refused.
         :param target: class indices ``[*lead]`` (classification), or values shaped like
             ``out.prediction`` (regression).
         :param variance: regression: the heads' Gaussian variance (default 1, as in the paper).
@@ -225,6 +232,8 @@ class AlraoModel(nn.Module):
         """
         if not isinstance(out, AlraoOutput):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
+        if out.model is not None and out.model is not self:  # one identity check: the promise is kept
+            raise ValueError("out comes from another model's forward; pass the AlraoOutput of this model's forward")
         heads = self.heads
         if out.features.shape[-1] != heads.in_features:
             raise ValueError("out does not come from this model's forward")

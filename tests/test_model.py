@@ -277,3 +277,16 @@ def test_predict_with_state_carries_the_state_like_one_pass_over_the_sequence(ta
 def test_predict_with_state_refuses_a_body_that_returns_no_state() -> None:
     with pytest.raises(TypeError, match=r"body\(x, state\) -> \(features, state\)"):
         _model().predict_with_state(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("gathered", [False, True])
+def test_loss_refuses_the_output_of_another_model_of_the_same_shape(gathered: bool) -> None:
+    m1, m2 = _model(), _model()
+    x, y = torch.randn(4, 2), torch.randn(4, 3)
+    out = m2(x)
+    if gathered:
+        out, y = out.gather(torch.zeros(4, dtype=torch.long)), y[:, 0]
+    with pytest.raises(ValueError, match="another model's forward"):
+        m1.loss(out, y)
+    loss, _ = m2.loss(out, y)  # its own model takes it
+    assert torch.isfinite(loss)
