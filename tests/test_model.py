@@ -271,6 +271,7 @@ def test_predict_with_state_carries_the_state_like_one_pass_over_the_sequence(ta
     second, last = model.predict_with_state(x[4:], state)
     torch.testing.assert_close(torch.cat([first, second]), whole)
     torch.testing.assert_close(last[0], h)
+    torch.testing.assert_close(last[1], c)
     assert not whole.requires_grad
 
 
