@@ -77,8 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = prepare_ptb(*files, level=config.level, char_files=char_files)
     except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
+        fail(_name_the_flag(str(e), args, files))
     return run(args, config, data, logdir)
+
+
+def _name_the_flag(message: str, args: argparse.Namespace, files: list[str]) -> str:
+    """A message that begins with one of the files, prefixed with the flag that gave it."""
+    flags = ("--train-file", "--valid-file", "--test-file")
+    for flag, path in zip(flags, files, strict=True):
+        if message.startswith(f"{path}:"):
+            return f"{flag if args.data_dir is None else '--data-dir'} {message}"
+    return message
 
 
 if __name__ == "__main__":

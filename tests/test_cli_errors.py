@@ -226,7 +226,11 @@ PTB = [
     ),
     (
         "--train-file {root}/garbage.txt --valid-file {root}/ptb/ptb.valid.txt --test-file {root}/ptb/ptb.test.txt",
-        "utf-8",
+        "--train-file {root}/garbage.txt: not UTF-8 text (byte 0x80 at offset 128)",
+    ),
+    (
+        "--train-file {root}/ptb/ptb.train.txt --valid-file {root}/ptb/ptb.valid.txt --test-file {root}/garbage.txt",
+        "--test-file {root}/garbage.txt: not UTF-8 text",
     ),
     (f"{P} --bptt 0", "bptt must be an integer >= 1, got 0"),
     (f"{P} --batch-size 0", "batch_size must be an integer >= 1"),
@@ -362,7 +366,7 @@ def _run_refused(row: Row, tmp_path: Path, data: dict[str, Path], capsys: pytest
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert row.message in err, err
+    assert row.message.format_map(paths) in err, err
     assert _snapshot(tmp_path) == before, "a refused command wrote or changed a file"
     assert afile.read_text() == KEEP
     assert not data["marker"].exists(), "a hostile data file ran code"
@@ -418,8 +422,8 @@ PROCESS_ROWS: list[Any] = [
     Row("run_cifar", "--data-dir {root}/cifar-evil", "global posix.system is not allowed").param(),
     Row(
         "run_ptb",
-        "--train-file {root}/garbage.txt --valid-file {root}/ptb/ptb.valid.txt --test-file {root}/ptb/ptb.test.txt",
-        "utf-8",
+        "--train-file {root}/ptb/ptb.train.txt --valid-file {root}/garbage.txt --test-file {root}/ptb/ptb.test.txt",
+        "--valid-file {root}/garbage.txt: not UTF-8 text",
     ).param(),
     Row("compare", "--sgd-grid nan", "rates must be finite numbers > 0").param(),
     Row("compare", "--task ptb --data-dir {root}/ptb --batch-size 10000", "too few for 10000 streams").param(),
@@ -442,7 +446,8 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line_and_no_traceback(
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert row.message in proc.stderr and proc.stderr.startswith(f"{row.script}.py: error: "), proc.stderr
+    assert row.message.format_map(paths) in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"{row.script}.py: error: "), proc.stderr
     assert proc.stdout == ""
     assert _snapshot(tmp_path) == before
     assert not data["marker"].exists()
