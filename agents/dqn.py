@@ -390,6 +390,14 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
     return state
 
 
+def _as_used(state: dict[str, Any]) -> dict[str, Any]:
+    """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
+    a run started with the default and resumed with it written out is the same run."""
+    if state.get("lr") is None and state.get("method") in METHODS:
+        return {**state, "lr": 1.0 if state["method"] == "alrao" else 1e-3}
+    return state
+
+
 @dataclass
 class _Progress:
     """Counters that a checkpoint saves, so that a resumed run continues exactly."""
@@ -440,7 +448,7 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         saved = load_checkpoint(ckpt_path)
         try:
-            check_compatible(saved["config"], _config_state(config), COMPATIBLE_KEYS)
+            check_compatible(_as_used(saved["config"]), _as_used(_config_state(config)), COMPATIBLE_KEYS)
             agent.load_state_dict(saved["agent"])
             buffer.load_state_dict(saved["buffer"])
             rng.bit_generator.state = saved["rng"]

@@ -14,10 +14,12 @@ import tempfile
 import textwrap
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 __all__ = [
+    "HeldWarnings",
     "OneLineParser",
     "add_config_arguments",
     "add_method_arguments",
@@ -74,12 +76,22 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _or_none(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``kind``, except that ``none`` (any case) gives None: the value a field's doc calls None."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse's message: "invalid float value: 'x'"
+    return parse
+
+
 def _parser_type(annotation: Any) -> tuple[Callable[[str], Any], int | None]:
     """argparse ``type`` and ``nargs`` for a field annotation (int, float, str, X | None, tuple)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _parser_type(args[0])[0], None
+        return _or_none(_parser_type(args[0])[0]), None
     if origin is tuple:
         args = typing.get_args(annotation)
         return args[0], len(args)
@@ -87,7 +99,10 @@ def _parser_type(annotation: Any) -> tuple[Callable[[str], Any], int | None]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
-    """Add a ``--kebab-case`` option for every field of the dataclass ``cls`` (help from its docs)."""
+    """Add a ``--kebab-case`` option for every field of the dataclass ``cls`` (help from its docs).
+
+    A field that may be None takes the value ``none``; its help shows no ``(default: None)``, since
+    its doc says what None stands for."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -102,7 +117,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Itera
             nargs=nargs,
             default=default,
             metavar=f.name.upper() if nargs is None else tuple(f"W{i + 1}" for i in range(nargs)),
-            help=f"{docs.get(f.name, '')} (default: {default})",
+            help=docs.get(f.name, "") + ("" if default is None else f" (default: {default})"),
         )
 
 
@@ -119,19 +134,62 @@ def as_flags(message: str, names: Iterable[str]) -> str:
     return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
-def flag_fields(parser: argparse.ArgumentParser) -> list[str]:
-    """The ``dest`` of every ``--flag`` of ``parser`` that is spelled ``--dest-with-dashes``."""
-    return [a.dest for a in parser._actions for o in a.option_strings if o == "--" + a.dest.replace("_", "-")]
+def flag_fields(args: argparse.Namespace, *classes: type) -> list[str]:
+    """The fields of the dataclasses ``classes`` that are options of this command (attributes of the
+    parsed ``args``, each given as ``--field-name``): the names :func:`as_flags` rewrites."""
+    return [f.name for cls in classes for f in dataclasses.fields(cls) if hasattr(args, f.name)]
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """Build ``cls`` from parsed options; its own validation errors become one-line exits."""
+    """Build ``cls`` from parsed options; its own validation errors become one-line exits that name
+    the flags (``--bptt``), not the fields (``bptt``)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     values.update(overrides)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flag_fields(args, cls)))
+
+
+class HeldWarnings:
+    """Hold the warnings raised while a command checks its input, so that a refused input prints its
+    one error line alone; :meth:`release` (or leaving the ``with`` block other than by an error exit)
+    prints them, one line each (``prog: warning: message``), and lets later warnings through.
+
+    >>> with HeldWarnings() as held:  # doctest: +SKIP
+    ...     data = load(args)          # may warn, then fail(...) drops the warnings
+    ...     held.release()             # input accepted: the warnings, then the run
+    ...     train(data)
+    """
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self._saved: Callable[..., Any] | None = None
+
+    def __enter__(self) -> HeldWarnings:
+        self._saved = warnings.showwarning
+        warnings.showwarning = self._hold
+        return self
+
+    def _hold(self, message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+        self.held.append(f"{category.__name__}: {' '.join(str(message).split())}")
+
+    def _restore(self) -> None:
+        if self._saved is not None and warnings.showwarning == self._hold:
+            warnings.showwarning = self._saved
+        self._saved = None
+
+    def release(self) -> None:
+        """Print the held warnings (one line each) and stop holding."""
+        self._restore()
+        for line in self.held:
+            print(f"{program()}: warning: {line}", file=sys.stderr)
+        self.held = []
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        if exc_type is SystemExit and getattr(exc, "code", 0) not in (0, None):
+            self.held = []  # refused: the error line is the whole story
+        self.release()
 
 
 def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str) -> None:

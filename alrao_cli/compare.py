@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     Plan = tuple[list[RunSpec], Metric, SweepInfo]
 
-from alrao_cli.common import OneLineParser, fail, program
+from alrao_cli.common import OneLineParser, as_flags, fail, flag_fields, program
 
 
 def _dqn_default(name: str) -> object:
@@ -241,7 +241,7 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
         for spec in specs:  # every configuration is valid before anything runs
             compare.dqn_config(spec)
     except (ValueError, TypeError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flag_fields(args, DQNConfig)))
     config = DQNConfig(env=env_id, **options)
     returns = compare.random_policy_returns(env_id, args.floor_episodes, n_bins=config.n_bins)
     floor = float(sum(returns) / len(returns))
@@ -269,7 +269,7 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
 def _plan_supervised(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
                      alrao: dict[str, float]) -> Plan:
     from agents import compare
-    from alrao_rl.supervised.train import check_data
+    from alrao_rl.supervised.train import TrainConfig, check_data
 
     if args.env is not None:
         fail(f"--env is for --task rl, not --task {args.task}")
@@ -296,7 +296,7 @@ def _plan_supervised(args: argparse.Namespace, methods: list[str], grid: list[fl
         data = compare.load_supervised_data(args.task, args.data_dir, options)
         check_data(configs[0], data)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flag_fields(args, TrainConfig)))
     floor = compare.uniform_loss(args.task, data)
     unit = "nats" if args.task == "cifar" else f"bits per {'character' if args.level == 'char' else 'word'}"
     metric = compare.Metric("loss", False, floor, "uniform prediction", unit)

@@ -28,13 +28,16 @@ import sys
 from typing import Any
 
 from alrao_cli.common import (
+    HeldWarnings,
     OneLineParser,
     add_config_arguments,
     add_method_arguments,
+    as_flags,
     check_logdir,
     config_from_args,
     describe_os_error,
     fail,
+    flag_fields,
     make_logdir,
     program,
     stopped_status,
@@ -68,21 +71,27 @@ def check_run_arguments(args: argparse.Namespace, default_name: str) -> str:
     return logdir
 
 
-def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
+def run(args: argparse.Namespace, config: Any, data: Any, logdir: str, held: HeldWarnings | None = None) -> int:
     """Train in one process, in ``--nproc`` spawned processes, or as one torchrun rank; print the
-    summary as one JSON line."""
+    summary as one JSON line.
+
+    :param held: the warnings held while the input was checked, printed once it is accepted.
+    """
     import torch.multiprocessing as mp
 
     from alrao_rl.checkpoint import CheckpointError
     from alrao_rl.supervised.distributed import close_process_group, context_from_env
-    from alrao_rl.supervised.train import check_data, spawn_train_classifier, train_classifier
+    from alrao_rl.supervised.train import TrainConfig, check_data, spawn_train_classifier, train_classifier
 
+    flags = flag_fields(args, TrainConfig)
     world = max(args.nproc, _torchrun_world_size())
     try:
         check_data(config, data, world)
     except ValueError as e:
-        fail(str(e))
+        fail(as_flags(str(e), flags))
     make_logdir(logdir)
+    if held is not None:
+        held.release()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     progress = not args.no_progress
     rank = 0
@@ -99,7 +108,7 @@ def run(args: argparse.Namespace, config: Any, data: Any, logdir: str) -> int:
         else:
             summary = train_classifier(config, data, logdir, resume=args.resume, progress=progress)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flags))
     except OSError as e:  # an unreadable or full file system
         fail(describe_os_error(e))
     except mp.ProcessRaisedException as e:
@@ -120,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     from alrao_rl.supervised.models import CIFAR_MODELS
     from alrao_rl.supervised.train import TrainConfig
 
-    parser = OneLineParser(description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="folder holding the CIFAR-10 batch files (python or binary)")
     parser.add_argument("--model", choices=sorted(CIFAR_MODELS), default="vgg19", help="network (default: vgg19)")
     add_run_arguments(parser)
@@ -130,16 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with HeldWarnings() as held:  # a refused input prints its error line alone
+        return _main(args, held)
+
+
+def _main(args: argparse.Namespace, held: HeldWarnings) -> int:
     from alrao_rl.supervised.train import TrainConfig, prepare_cifar
 
-    args = build_parser().parse_args(argv)
     config = config_from_args(TrainConfig, args, task="cifar", method=args.optimizer or "alrao")
     logdir = check_run_arguments(args, f"cifar10-{config.model}-{config.method}-seed{config.seed}")
+    if not os.path.exists(args.data_dir):
+        fail(f"--data-dir {args.data_dir!r} does not exist")
+    if not os.path.isdir(args.data_dir):
+        fail(f"--data-dir {args.data_dir!r} is not a folder")
     try:
         data = prepare_cifar(args.data_dir, config.valid_size, config.limit_train)
     except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    return run(args, config, data, logdir)
+        fail(as_flags(str(e), flag_fields(args, TrainConfig)))
+    return run(args, config, data, logdir, held)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from alrao_cli.common import (
+    HeldWarnings,
     OneLineParser,
     add_config_arguments,
     add_method_arguments,
@@ -39,9 +40,7 @@ from alrao_cli.common import (
 def build_parser() -> argparse.ArgumentParser:
     from agents.dqn import DQNConfig
 
-    parser = OneLineParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_method_arguments(parser, "runs/<env>-<method>-seed<seed>")
     add_config_arguments(parser, DQNConfig, skip=("method",))
     return parser
@@ -63,22 +62,29 @@ def check_buffer_memory(config: Any, obs_shape: tuple[int, ...]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with HeldWarnings() as held:  # a refused input prints its error line alone
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: HeldWarnings) -> int:
     from agents.dqn import DQNConfig, train
     from alrao_rl.checkpoint import CheckpointError
     from envs import make_env
 
     method = args.optimizer or "alrao"
     config = config_from_args(DQNConfig, args, method=method)
+    flags = flag_fields(args, DQNConfig)
     try:  # check the env before anything is written
         env = make_env(config.env, n_bins=config.n_bins)
     except (ValueError, TypeError) as e:
-        fail(str(e))
+        fail(as_flags(str(e), flags))
     obs_shape = env.observation_space.shape
     env.close()
     check_buffer_memory(config, obs_shape)
     logdir = args.logdir or os.path.join("runs", f"{config.env}-{method}-seed{config.seed}")
     check_logdir(logdir, args.resume)
     make_logdir(logdir)
+    held.release()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import torch
 
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(config, logdir, resume=args.resume, progress=not args.no_progress)
     except (CheckpointError, ValueError) as e:
-        fail(as_flags(str(e), flag_fields(parser)))
+        fail(as_flags(str(e), flags))
     except OSError as e:  # a missing, unreadable or full file system
         fail(describe_os_error(e))
     except MemoryError:  # the memory went elsewhere since check_buffer_memory

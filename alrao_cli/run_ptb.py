@@ -27,15 +27,14 @@ import argparse
 import os
 import sys
 
-from alrao_cli.common import OneLineParser, add_config_arguments, config_from_args, fail
+from alrao_cli.common import HeldWarnings, OneLineParser, add_config_arguments, config_from_args, fail
 from alrao_cli.run_cifar import add_run_arguments, check_run_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     from alrao_rl.supervised.train import TrainConfig
 
-    parser = OneLineParser(description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="folder with the standard PTB file names")
     parser.add_argument("--train-file", default=None, help="training text (word-level PTB format)")
     parser.add_argument("--valid-file", default=None, help="validation text")
@@ -68,9 +67,14 @@ def _data_files(args: argparse.Namespace) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with HeldWarnings() as held:  # a refused input prints its error line alone
+        return _main(args, held)
+
+
+def _main(args: argparse.Namespace, held: HeldWarnings) -> int:
     from alrao_rl.supervised.train import TrainConfig, prepare_ptb
 
-    args = build_parser().parse_args(argv)
     config = config_from_args(TrainConfig, args, task="ptb", method=args.optimizer or "alrao", level=args.level)
     files, char_files = _data_files(args)
     logdir = check_run_arguments(args, f"ptb-{config.level}-{config.model}-{config.method}-seed{config.seed}")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_ptb(*files, level=config.level, char_files=char_files)
     except (FileNotFoundError, ValueError) as e:
         fail(_name_the_flag(str(e), args, files))
-    return run(args, config, data, logdir)
+    return run(args, config, data, logdir, held)
 
 
 def _name_the_flag(message: str, args: argparse.Namespace, files: list[str]) -> str:

@@ -188,16 +188,16 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(tmp_path: Pat
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--eta-min", "0"], "eta_min must be a finite number > 0, got 0.0"),
-        (["--eta-min", "1", "--eta-max", "0.1"], "eta_min must be <= eta_max"),
-        (["--heads", "0"], "heads must be >= 1, got 0"),
+        (["--eta-min", "0"], "--eta-min must be a finite number > 0, got 0.0"),
+        (["--eta-min", "1", "--eta-max", "0.1"], "--eta-min must be <= --eta-max"),
+        (["--heads", "0"], "--heads must be >= 1, got 0"),
         (["--env", "Nope-v0"], "Unknown environment id 'Nope-v0'"),
-        (["--total-steps", "-5"], "total_steps must be >= 1, got -5"),
+        (["--total-steps", "-5"], "--total-steps must be >= 1, got -5"),
         (["--heads", "abc"], "invalid int value: 'abc'"),
         (["--alrao", "--optimizer", "sgd"], "not allowed with argument --alrao"),
         (["--optimizer", "sgd"], "method 'sgd' needs a learning rate"),
         (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-        (["--gamma", "1.5"], "gamma must be in [0, 1], got 1.5"),
+        (["--gamma", "1.5"], "--gamma must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:

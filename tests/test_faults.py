@@ -250,6 +250,19 @@ def test_resuming_with_a_total_below_the_steps_done_is_refused_naming_both(
     assert _snapshot(logdir) == before
 
 
+def test_resuming_with_the_default_lr_written_out_is_the_same_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adam's default lr left out, then given as 1e-3: the same run (before: 'lr: saved=None current=0.001')."""
+    logdir = tmp_path / "run"
+    assert dqn_main([*SHORT, "--optimizer", "adam", "--logdir", str(logdir)]) == 0
+    assert dqn_main([*SHORT, "--optimizer", "adam", "--lr", "0.001", "--total-steps", "500", "--logdir",
+                     str(logdir), "--resume"]) == 0
+    err = _refused([*SHORT, "--optimizer", "adam", "--lr", "0.01", "--total-steps", "600", "--logdir", str(logdir),
+                    "--resume"], capsys)
+    assert "--lr: saved=0.001 current=0.01" in err and "None" not in err, err
+
+
 class _Evil:
     """Unpickling this runs a shell command that creates a marker file."""
 
