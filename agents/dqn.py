@@ -463,7 +463,8 @@ def train(
                              f"already done; give at least {state.step} to resume it")
         obs, _ = env.reset()
 
-    writer = SummaryWriter(logdir) if logdir else None
+    # A resumed run redoes the steps after its checkpoint: the events a killed run wrote for them are purged.
+    writer = SummaryWriter(logdir, purge_step=state.step + 1 if resume else None) if logdir else None
     if writer is not None and agent.alrao and state.step == 0:
         rates = [
             s["alrao_rate"].flatten()
@@ -520,8 +521,7 @@ def train(
                     writer.add_scalar("train/loss", loss, state.step)
                     writer.add_scalar("train/epsilon", epsilon, state.step)
                     if agent.alrao:
-                        for j, a_j in enumerate(agent.q_net.switch.posterior.tolist()):
-                            writer.add_scalar(f"alrao/posterior/head_{j}", a_j, state.step)
+                        _log_alrao(writer, agent, state.step)
             # evaluate
             if state.step % config.eval_every == 0 or state.step == config.total_steps:
                 mean, std = evaluate(agent, eval_env, eval_seeds)
@@ -570,6 +570,17 @@ def train(
     env.close()
     eval_env.close()
     return summary
+
+
+def _log_alrao(writer: Any, agent: DQNAgent, step: int) -> None:
+    """The averaging weight ``a_j`` each head gets (the posterior of ``config.averaging``: what acting, TD
+    targets and the loss use) as ``alrao/posterior/head_{j}``, the tag SB3's ``AlraoDQN`` uses too; the heads'
+    variance; the number of units the optimizer has frozen."""
+    for j, a_j in enumerate(agent.q_net.averaging_log_weights().exp().tolist()):
+        writer.add_scalar(f"alrao/posterior/head_{j}", a_j, step)
+    if agent.td_variance is not None:
+        writer.add_scalar("alrao/heads_variance", agent.td_variance, step)
+    writer.add_scalar("alrao/frozen_units", agent.optimizer.frozen_units(), step)  # type: ignore[attr-defined]
 
 
 def _summary(
