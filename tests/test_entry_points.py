@@ -16,11 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "alrao-dqn": "alrao_cli.run_dqn:main",
+    "alrao-evaluate": "alrao_cli.evaluate:main",
     "alrao-cifar": "alrao_cli.run_cifar:main",
     "alrao-ptb": "alrao_cli.run_ptb:main",
     "alrao-compare": "alrao_cli.compare:main",
 }
-SCRIPTS = {"alrao-dqn": "run_dqn.py", "alrao-cifar": "run_cifar.py",
+SCRIPTS = {"alrao-dqn": "run_dqn.py", "alrao-evaluate": "evaluate.py", "alrao-cifar": "run_cifar.py",
            "alrao-ptb": "run_ptb.py", "alrao-compare": "compare.py"}
 
 
