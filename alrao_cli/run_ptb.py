@@ -12,8 +12,9 @@ the hidden state carried (detached) from one segment to the next. Losses are in 
 per character at --level char). With several processes --batch-size (streams) is per process.
 
 --data-dir reads ptb.char.{train,valid,test}.txt when all three exist (character level), else the
-word-level ptb.{train,valid,test}.txt. Only the validation and test splits are in /work/shared/data/ptb:
-for a local demo train on ptb.valid.txt and use the halves of ptb.test.txt as validation and test.
+word-level ptb.{train,valid,test}.txt: Mikolov's files, in the data/ folder of
+http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz. With only the validation and test files,
+train on ptb.valid.txt and use the halves of ptb.test.txt as validation and test (see the README).
 
 Writes to --logdir: evals.csv (epoch,train_loss,valid_loss,valid_accuracy), summary.json,
 checkpoint.pt, best.pt and TensorBoard events; --resume continues a run. Ctrl-C (SIGTERM) stops at the
