@@ -71,22 +71,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace, held: HeldWarnings) -> int:
     _check_arguments(args)
     from agents.dqn import evaluate
-    from agents.saved_policy import load_policy
-    from alrao_rl.checkpoint import CheckpointError
+    from agents.saved_policy import find_saved_run, load_policy
     from envs import make_env
 
-    if not os.path.exists(args.logdir):
-        fail(f"--logdir {args.logdir!r} does not exist")
     try:
-        policy = load_policy(args.logdir, env_id=args.env, n_bins=args.n_bins)
-    except ValueError as e:  # CheckpointError included
-        message = str(e)
-        if not isinstance(e, CheckpointError):
-            message = message.replace("give env_id", "give --env").replace("its own environment and n_bins",
-                                                                              "its own --env and --n-bins")
-        fail(message)
+        file, kind = find_saved_run(args.logdir)
     except FileNotFoundError as e:
-        fail(f"--logdir: {e.args[0] if e.args else e}")
+        fail(f"--logdir {e}")
+    except ValueError as e:  # CheckpointError: several zips
+        fail(f"--logdir {e}")
+    if kind == "sb3" and args.env is None:
+        fail(f"--logdir {file!r} is a Stable-Baselines3 zip, which does not record its environment: give --env")
+    if kind == "run_dqn" and (args.env is not None or args.n_bins is not None):
+        fail(f"--logdir {file!r} is a run_dqn.py checkpoint, which names its own environment: drop --env and "
+             f"--n-bins")
+    try:
+        policy = load_policy(file, env_id=args.env, n_bins=args.n_bins)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError included
+        fail(str(e))
     except OSError as e:
         fail(describe_os_error(e))
     render = None

@@ -231,7 +231,7 @@ def _bad(kind: str, ctx: dict[str, Path]) -> list[str]:
 
 
 BAD = [
-    ("missing", "does not exist"),
+    ("missing", "--logdir '{tmp}/nowhere' does not exist"),
     ("empty-folder", "holds neither checkpoint.pt (a run_dqn.py run) nor an AlraoDQN .zip"),
     ("two-zips", "holds several zips (a.zip, b.zip)"),
     ("truncated-checkpoint", "not a valid checkpoint"),
@@ -240,7 +240,7 @@ BAD = [
     ("text-checkpoint", "not a valid checkpoint"),
     ("zip-without-env", "does not record its environment: give --env"),
     ("zip-of-another-env", "does not fit Acrobot-v1"),
-    ("env-for-a-run", "names its own --env and --n-bins"),
+    ("env-for-a-run", "names its own environment: drop --env and --n-bins"),
     ("stock-dqn-zip", "is not an AlraoDQN model"),
     ("pickled-policy-kwargs", "policy_kwargs were pickled by SB3"),
     ("malicious-policy-weights", "policy.pth is not a weights-only torch file"),
@@ -262,7 +262,7 @@ def test_what_cannot_be_evaluated_is_refused_in_one_line_without_running_its_cod
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert message in err, err
+    assert message.format(tmp=tmp_path) in err, err
     assert not marker.exists(), "a hostile file ran code"
     assert _snapshot(tmp_path, dqn_run, sb3_zip.parent) == before
 
