@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     Plan = tuple[list[RunSpec], Metric, SweepInfo]
 
-from alrao_cli.common import OneLineParser, as_flags, fail, flag_fields, program
+from alrao_cli.common import HeldWarnings, OneLineParser, as_flags, fail, flag_fields, program
 
 
 def _dqn_default(name: str) -> object:
@@ -151,6 +151,11 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with HeldWarnings() as held:  # a refused input prints its error line alone
+        return _main(args, argv, held)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) -> int:
     from agents import compare
 
     _check_positive(args, "seeds", "total_steps", "eval_every", "eval_episodes", "test_episodes", "floor_episodes",
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         fail(f"--out {out!r}: {e.strerror}")
+    held.release()
 
     start = time.perf_counter()
     command = "python scripts/compare.py" if program().endswith(".py") else program()

@@ -102,6 +102,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (root / "ptb" / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
     (root / "garbage.txt").write_bytes(bytes(range(256)) * 8)
     (root / "unknown.txt").write_text(" ~~~ ### ^^^ \n" * 3)  # symbols absent from the PTB training text
+    (root / "ptb-unknown").mkdir()
+    for name, text in (("train", "\n".join(PTB_LINES * 2)), ("valid", " ~~~ ### ^^^ \n" * 3), ("test", PTB_LINES[3])):
+        (root / "ptb-unknown" / f"ptb.{name}.txt").write_text(text + "\n")
     (root / "empty.txt").write_bytes(b"")
     return {"root": root, "marker": marker}
 
@@ -434,6 +437,9 @@ PROCESS_ROWS: list[Any] = [
     ).param(),
     Row("compare", "--sgd-grid nan", "rates must be finite numbers > 0").param(),
     Row("compare", "--task ptb --data-dir {root}/ptb --batch-size 10000", "too few for 10000 streams").param(),
+    Row(  # a warning about unknown symbols comes first: the error line must still be alone
+        "compare", "--task ptb --data-dir {root}/ptb-unknown --batch-size 10000", "too few for 10000 streams"
+    ).param(),
 ]
 
 
