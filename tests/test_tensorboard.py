@@ -104,3 +104,39 @@ def test_a_resumed_run_purges_the_events_written_after_its_last_checkpoint(
     losses = events.Scalars("train/loss")
     assert [e.step for e in losses] == [200, 300, 400]
     assert len(list(logdir.glob("events.out.tfevents.*"))) == 2
+
+
+def test_a_resumed_supervised_run_purges_the_batch_events_written_after_its_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for run_cifar.py / run_ptb.py: checkpoint after epoch 1 only, events of 3 epochs, resumed."""
+    import alrao_rl.supervised.train as supervised
+    from alrao_rl.supervised.train import TrainConfig, prepare_ptb, train_classifier
+
+    lines = [" the cat sat on the mat ", " a dog ran after the cat ", " the end of the story "] * 20
+    for name in ("train", "valid", "test"):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    data = prepare_ptb(tmp_path / "train.txt", tmp_path / "valid.txt", tmp_path / "test.txt")
+    config = TrainConfig(task="ptb", epochs=3, batch_size=2, bptt=30, log_every=1, heads=2)
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    real_save = supervised.save_checkpoint
+    saved: list[int] = []
+
+    def first_checkpoint_only(path: Any, state: dict[str, Any]) -> None:
+        if Path(path).name != "checkpoint.pt":
+            real_save(path, state)
+        elif not saved:
+            real_save(path, state)
+            saved.append(state["progress"]["epoch"])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(supervised, "save_checkpoint", first_checkpoint_only)
+        train_classifier(config, data, logdir, progress=False)
+    assert saved == [1]
+    start = time.time()
+    while int(time.time()) == int(start):  # event files are ordered by the second they were opened in
+        time.sleep(0.05)
+    train_classifier(config, data, logdir, resume=True, progress=False)
+    steps = [e.step for e in _events(logdir).Scalars("train/batch_loss")]
+    assert steps == sorted(set(steps)) and len(steps) > 3, steps

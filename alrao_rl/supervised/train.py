@@ -718,7 +718,8 @@ def train_classifier(
                               f"weights unless a better epoch comes", RuntimeWarning, stacklevel=2)
     runner = wrap_ddp(net, ctx)
 
-    writer = SummaryWriter(logdir) if main else None
+    # A resumed run redoes the steps after its checkpoint: the events a killed run wrote for them are purged.
+    writer = SummaryWriter(logdir, purge_step=state.steps + 1 if resume else None) if main else None
     if writer is not None and net.alrao and state.epoch == 0:
         body = {id(p) for p in net.model.body.parameters()}
         rates = [s["alrao_rate"].flatten() for p, s in optimizer.state.items() if id(p) in body]
