@@ -381,6 +381,14 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
     return state
 
 
+def _as_used(state: dict[str, Any]) -> dict[str, Any]:
+    """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
+    a run started with the default and resumed with it written out is the same run."""
+    if state.get("lr") is None and state.get("method") in METHODS:
+        return {**state, "lr": 1.0 if state["method"] == "alrao" else 1e-3}
+    return state
+
+
 @dataclass
 class _Progress:
     """Counters that a checkpoint saves, so that a resumed run continues exactly."""
@@ -431,7 +439,7 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         saved = load_checkpoint(ckpt_path)
         try:
-            check_compatible(saved["config"], _config_state(config), COMPATIBLE_KEYS)
+            check_compatible(_as_used(saved["config"]), _as_used(_config_state(config)), COMPATIBLE_KEYS)
             agent.load_state_dict(saved["agent"])
             buffer.load_state_dict(saved["buffer"])
             rng.bit_generator.state = saved["rng"]
@@ -441,9 +449,13 @@ def train(
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"{ckpt_path!r} is a malformed checkpoint: {type(e).__name__}: {e}") from e
+        if config.total_steps < state.step:  # the summary would contradict its own config
+            raise ValueError(f"total_steps {config.total_steps} is below the {state.step} steps this run has "
+                             f"already done; give at least {state.step} to resume it")
         obs, _ = env.reset()
 
-    writer = SummaryWriter(logdir) if logdir else None
+    # A resumed run redoes the steps after its checkpoint: the events a killed run wrote for them are purged.
+    writer = SummaryWriter(logdir, purge_step=state.step + 1 if resume else None) if logdir else None
     if writer is not None and agent.alrao and state.step == 0:
         rates = [
             s["alrao_rate"].flatten()
@@ -500,8 +512,7 @@ def train(
                     writer.add_scalar("train/loss", loss, state.step)
                     writer.add_scalar("train/epsilon", epsilon, state.step)
                     if agent.alrao:
-                        for j, a_j in enumerate(agent.q_net.switch.posterior.tolist()):
-                            writer.add_scalar(f"alrao/posterior/head_{j}", a_j, state.step)
+                        _log_alrao(writer, agent, state.step)
             # evaluate
             if state.step % config.eval_every == 0 or state.step == config.total_steps:
                 mean, std = evaluate(agent, eval_env, eval_seeds)
@@ -555,6 +566,17 @@ def write_run_outputs(logdir: str, evals: list[list[float]], summary: dict[str, 
     out.writerows(evals)
     write_text_atomic(os.path.join(logdir, "evals.csv"), rows.getvalue())
     write_text_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+
+
+def _log_alrao(writer: Any, agent: DQNAgent, step: int) -> None:
+    """The averaging weight ``a_j`` each head gets (the posterior of ``config.averaging``: what acting, TD
+    targets and the loss use) as ``alrao/posterior/head_{j}``, the tag SB3's ``AlraoDQN`` uses too; the heads'
+    variance; the number of units the optimizer has frozen."""
+    for j, a_j in enumerate(agent.q_net.averaging_log_weights().exp().tolist()):
+        writer.add_scalar(f"alrao/posterior/head_{j}", a_j, step)
+    if agent.td_variance is not None:
+        writer.add_scalar("alrao/heads_variance", agent.td_variance, step)
+    writer.add_scalar("alrao/frozen_units", agent.optimizer.frozen_units(), step)  # type: ignore[attr-defined]
 
 
 def _summary(

@@ -28,6 +28,7 @@ ints, strs, lists and dicts, so it survives ``torch.save`` / ``torch.load(weight
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-__all__ = ["ReplayBatch", "ReplayBuffer", "TorchReplayBatch"]
+__all__ = ["ReplayBatch", "ReplayBuffer", "TorchReplayBatch", "available_memory"]
 
 _STATE_VERSION = 1
 _ARRAY_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminated")
@@ -164,6 +165,18 @@ class ReplayBuffer:
     def nbytes(self) -> int:
         """Total bytes of the preallocated arrays (``capacity`` times the bytes of a transition)."""
         return sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
+
+    @staticmethod
+    def bytes_needed(obs_shape: tuple[int, ...], capacity: int, obs_dtype: npt.DTypeLike = np.float32) -> int:
+        """:attr:`nbytes` of a buffer with these arguments, without allocating it: ``capacity`` times
+        (two observations + an int64 action + a float32 reward + a bool).
+
+        :param obs_shape: shape of one observation.
+        :param capacity: number of transitions.
+        :param obs_dtype: storage dtype of the observations.
+        """
+        obs = int(np.prod(obs_shape, dtype=np.int64)) * np.dtype(obs_dtype).itemsize
+        return int(capacity) * (2 * obs + 8 + 4 + 1)
 
     def __len__(self) -> int:
         """Number of transitions currently stored (at most ``capacity``)."""
@@ -412,3 +425,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):  # e.g. MT19937 key array
         return value.tolist()
     return value
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give without swapping (Linux ``MemAvailable``; elsewhere
+    the free physical pages), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None

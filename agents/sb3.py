@@ -300,7 +300,8 @@ class AlraoDQN(DQN):
     ``target_update_interval`` steps with ``tau`` (the target's heads are averaged with the online
     switch weights), callbacks, logging, saving. ``train()`` logs ``train/loss`` (the mixture
     NLL), ``train/n_updates``, ``alrao/heads_variance`` and
-    ``alrao/posterior_head_{j}``, the averaging weight ``a_j`` of each head.
+    ``alrao/posterior/head_{j}``, the averaging weight ``a_j`` of each head (the same tags as
+    ``scripts/run_dqn.py``).
 
     ``policy_kwargs`` (see :class:`AlraoDQNPolicy`): ``eta_min``, ``eta_max``, ``n_heads``,
     ``net_arch``, ``activation_fn``, ``max_weight``, ``averaging``, ``alrao_seed`` (default: this
@@ -364,7 +365,8 @@ class AlraoDQN(DQN):
         if self.policy_kwargs.get("alrao_seed") is None:
             self.policy_kwargs["alrao_seed"] = self.seed if self.seed is not None else 0
         super()._setup_model()
-        self._posterior_keys = tuple(f"alrao/posterior_head_{j}" for j in range(self.policy.n_heads))
+        # the tag scripts/run_dqn.py uses: one name for the averaging weights actually used
+        self._posterior_keys = tuple(f"alrao/posterior/head_{j}" for j in range(self.policy.n_heads))
         self.policy._alrao_trainer = True  # lets the policy enter training mode (see AlraoDQNPolicy)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:

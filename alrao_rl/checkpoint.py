@@ -42,6 +42,7 @@ __all__ = [
     "VERSION",
     "CheckpointError",
     "check_compatible",
+    "last_stop_signal",
     "load_checkpoint",
     "save_checkpoint",
     "stop_requests",
@@ -260,20 +261,34 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+_stop_signal: list[int | None] = [None]  # the signal of the latest stop_requests block (signals are process-wide)
+
+
+def last_stop_signal() -> int | None:
+    """The signal (``signal.SIGINT``, ``signal.SIGTERM``) that asked the most recent
+    :func:`stop_requests` block to stop, or None if no signal came. A command-line program exits with
+    ``128 + signal`` after a stopped run, as a shell reports a process killed by that signal, so that
+    scripts can tell it from a finished run."""
+    return _stop_signal[0]
+
+
 @contextlib.contextmanager
 def stop_requests(what: str) -> Iterator[dict[str, bool]]:
     """While open, SIGINT/SIGTERM ask a training loop to stop at the end of ``what`` (an episode, an
-    epoch) by setting ``request["stop"]``; a second signal raises ``KeyboardInterrupt`` at once.
+    epoch) by setting ``request["stop"]``; a second signal raises ``KeyboardInterrupt`` at once. The
+    first signal's number is kept for :func:`last_stop_signal`.
 
     :param what: the unit the loop finishes before stopping, for the log message.
     """
     request = {"stop": False}
     previous = {}
+    _stop_signal[0] = None
 
     def handler(signum: int, _frame: Any) -> None:
         if request["stop"]:
             raise KeyboardInterrupt
         request["stop"] = True
+        _stop_signal[0] = signum
         logger.warning("signal %d: stopping at the end of the current %s (again to stop now)", signum, what)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,9 +52,11 @@ class AlraoOutput:
     :param weights: ``a_j = exp(log_weights)`` if already computed (None: computed when needed).
     :param bad_input: the batch holds non-finite inputs (see :meth:`AlraoModel.output`): its loss
         trains nothing.
+    :param model: the :class:`AlraoModel` whose forward made it (its :meth:`AlraoModel.loss` refuses
+        the outputs of any other model); None for an output built by hand.
     """
 
-    __slots__ = ("bad_input", "features", "finite", "index", "log_weights", "task", "values", "weights")
+    __slots__ = ("bad_input", "features", "finite", "index", "log_weights", "model", "task", "values", "weights")
 
     def __init__(
         self,
@@ -66,8 +68,10 @@ class AlraoOutput:
         index: Tensor | None = None,
         weights: Tensor | None = None,
         bad_input: bool = False,
+        model: AlraoModel | None = None,
     ) -> None:
         self.bad_input = bad_input
+        self.model = model
         self.values = values
         self.log_weights = log_weights
         self.finite = finite
@@ -130,7 +134,8 @@ class AlraoOutput:
         expanded = index.reshape(*lead, 1, 1).expand(*lead, self.values.shape[-2], 1)
         selected = self.values.gather(-1, expanded).squeeze(-1)
         return AlraoOutput(
-            selected, self.log_weights, self.finite, self.task, self.features, index, self.weights, self.bad_input
+            selected, self.log_weights, self.finite, self.task, self.features, index, self.weights, self.bad_input,
+            self.model,
         )
 
 
@@ -216,8 +221,11 @@ class AlraoModel(nn.Module):
         return self.switch.log_posterior
 
     def forward(self, x: Tensor) -> AlraoOutput:
-        """Run the body on ``x``, then :meth:`output` (told ``x``, to tell bad input from divergence)."""
-        return self.output(self.body(x), inputs=x)
+        """Run the body on ``x``, then :meth:`output` (told ``x``, to tell bad input from divergence).
+        A recurrent body (one that returns ``(features, state)``) is run as
+        ``z, state = model.body(x, state); out = model.output(z)`` to train, and predicts with
+        :meth:`predict_with_state`."""
+        return self.output(_features(self.body(x)), inputs=x)
 
     def output(
         self,
@@ -263,7 +271,7 @@ class AlraoModel(nn.Module):
                 finite = self._finite_heads(values)
                 lw = torch.where(finite, lw, -math.inf)
                 lw, a = lw - torch.logsumexp(lw, dim=-1, keepdim=True), None
-        return AlraoOutput(values, lw, finite, self.task, z, weights=a, bad_input=bad_input)
+        return AlraoOutput(values, lw, finite, self.task, z, weights=a, bad_input=bad_input, model=self)
 
     def _head_values(self, z: Tensor) -> Tensor:
         """The heads' outputs on ``z``, without a gradient."""
@@ -322,7 +330,8 @@ class AlraoModel(nn.Module):
         left out of it (non-finite outputs or likelihood) are marked dead for good (see
         :class:`alrao_rl.AlraoHeads`), unless every head is: then the body is to blame.
 
-        :param out: this model's output (possibly ``out.gather(actions)``).
+        :param out: this model's output (possibly ``out.gather(actions)``); the output of another
+            model, even one of the same shapes, is refused.
         :param target: class indices ``[*lead]`` (classification), or values shaped like
             ``out.prediction`` (regression).
         :param variance: regression: the heads' Gaussian variance (default 1, as in the paper).
@@ -331,6 +340,8 @@ class AlraoModel(nn.Module):
         """
         if not isinstance(out, AlraoOutput):
             raise TypeError(f"out must be the AlraoOutput of this model's forward, got {type(out).__name__}")
+        if out.model is not None and out.model is not self:  # one identity check: the promise is kept
+            raise ValueError("out comes from another model's forward; pass the AlraoOutput of this model's forward")
         if self.members is not None:
             raise TypeError("a model with members is trained by alrao_rl.AlraoStep, not by loss")
         heads = self.heads
@@ -365,7 +376,39 @@ class AlraoModel(nn.Module):
         if torch.is_grad_enabled():  # (one no_grad context, not one per call in a no_grad caller)
             with torch.no_grad():
                 return self.predict(x, switch)
-        z = self.body(x)
+        return self._predict_features(_features(self.body(x)), switch, x)
+
+    def predict_with_state(self, x: Tensor, state: Any = None, switch: Switch | None = None) -> tuple[Tensor, Any]:
+        """:meth:`predict` for a recurrent body, called as ``body(x, state) -> (features, state)``
+        (an ``nn.LSTM``, :class:`alrao_rl.supervised.CharLSTM`): the averaged model's output and the
+        body's new state, to pass to the next call (no gradient).
+
+        >>> model = AlraoModel(nn.LSTM(3, 5), nn.Linear(5, 2), n_heads=3, task="regression")
+        >>> y1, state = model.predict_with_state(torch.zeros(4, 1, 3))        # time 0..3
+        >>> y2, state = model.predict_with_state(torch.zeros(2, 1, 3), state)  # time 4..5, carried on
+        >>> y2.shape
+        torch.Size([2, 1, 2])
+
+        :param x: the body's input.
+        :param state: the state the previous call returned, or None to let the body start afresh
+            (it is then called as ``body(x)``).
+        :param switch: average with this switch instead of the model's own (see :meth:`output`).
+        :raises TypeError: when the body does not return a pair ``(features, state)``.
+        """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.predict_with_state(x, state, switch)
+        result = self.body(x) if state is None else self.body(x, state)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Tensor)):
+            raise TypeError(
+                f"predict_with_state needs a recurrent body, body(x, state) -> (features, state); this body "
+                f"returned a {type(result).__name__}: use predict(x)"
+            )
+        z, state = result
+        return self._predict_features(z, switch, x), state
+
+    def _predict_features(self, z: Tensor, switch: Switch | None, x: Tensor | None) -> Tensor:
+        """The averaged model's output on the body's output ``z`` for the input ``x`` (see :meth:`predict`)."""
         heads = self.heads
         if self.task == "regression" and z.shape[-1] == heads.in_features:
             z = heads.mask_features(z)
@@ -393,3 +436,15 @@ def _averaged_linear(z: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, 
     z3 = z.reshape(members, -1, d)
     mean = torch.bmm(z3, w) if bias is None else torch.baddbmm(torch.bmm(a, bias), z3, w)
     return mean.view(*z.shape[:-1], out)
+
+
+def _features(z: Any) -> Tensor:
+    """The body's output, unless it is the ``(features, state)`` pair of a recurrent body, which needs
+    the state passed explicitly (a TypeError that says how)."""
+    if isinstance(z, tuple):
+        raise TypeError(
+            f"the body returned a tuple of {len(z)}, as a recurrent body returns (features, state): predict "
+            f"with model.predict_with_state(x, state); train with z, state = model.body(x, state); "
+            f"out = model.output(z)"
+        )
+    return z

@@ -1,80 +1,14 @@
 """Train a DQN agent with Alrao (no learning rate to tune), SGD or Adam, on a gymnasium task.
 
     python scripts/run_dqn.py --env Pendulum-v1 --alrao
-    python scripts/run_dqn.py --env CartPole-v1 --optimizer adam --total-steps 50000
-    python scripts/run_dqn.py --env Pendulum-v1 --optimizer sgd --lr 1e-3 --logdir runs/sgd
-    python scripts/run_dqn.py --env Pendulum-v1 --alrao --logdir runs/a --resume   # continue a run
 
-Writes to --logdir: evals.csv (step,eval_return_mean,eval_return_std), summary.json, checkpoint.pt
-and TensorBoard events (tensorboard --logdir runs). Ctrl-C stops at the end of the current
-episode after saving a checkpoint; --resume continues exactly where it stopped.
+A thin entry: the program is :mod:`alrao_cli.run_dqn` (``--help`` lists every flag), also installed as
+the command ``alrao-dqn`` by ``pip install -e .``.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _cli import (
-    OneLineParser,
-    add_config_arguments,
-    add_method_arguments,
-    check_logdir,
-    config_from_args,
-    fail,
-    make_logdir,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from agents.dqn import DQNConfig
-
-    parser = OneLineParser(
-        prog="run_dqn.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_method_arguments(parser, "runs/<env>-<method>-seed<seed>")
-    add_config_arguments(parser, DQNConfig, skip=("method",))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from agents.dqn import DQNConfig, train
-    from alrao_rl.checkpoint import CheckpointError
-    from envs import make_env
-
-    method = args.optimizer or "alrao"
-    config = config_from_args(DQNConfig, args, method=method)
-    try:  # check the env before anything is written
-        make_env(config.env, n_bins=config.n_bins).close()
-    except (ValueError, TypeError) as e:
-        fail(str(e))
-    logdir = args.logdir or os.path.join("runs", f"{config.env}-{method}-seed{config.seed}")
-    check_logdir(logdir, args.resume)
-    make_logdir(logdir)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    import torch
-
-    torch.set_num_threads(1)  # faster for DQN-sized networks (see benchmarks/bench_dqn.py)
-    try:
-        summary = train(config, logdir, resume=args.resume, progress=not args.no_progress)
-    except (CheckpointError, ValueError) as e:
-        fail(str(e))
-    except OSError as e:  # a missing, unreadable or full file system
-        fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-    except KeyboardInterrupt:
-        print("run_dqn.py: stopped at once; the last checkpoint is kept, continue with --resume", file=sys.stderr)
-        return 130
-    shown = {k: summary[k] for k in ("env", "method", "total_steps", "final_eval_return_mean", "steps_per_second")}
-    print(json.dumps(shown))
-    return 0
-
+from alrao_cli.run_dqn import main
 
 if __name__ == "__main__":
     sys.exit(main())

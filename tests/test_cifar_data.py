@@ -350,3 +350,11 @@ def test_cifar_batches_augment_then_normalise() -> None:
     assert xa.shape == x.shape and not torch.allclose(xa, x)
     # the padding is black before normalisation, so padded pixels equal -mean/std after it
     assert torch.isclose(xa[:, 0], -mean[0] / std[0]).any()
+
+
+def test_a_missing_folder_is_reported_as_missing_not_as_lacking_every_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"does not exist$"):
+        load_cifar10(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"is not a folder$"):
+        load_cifar10(tmp_path / "a-file")

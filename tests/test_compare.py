@@ -18,14 +18,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from compare import main as compare_main  # noqa: E402
 from test_cifar_data import _fake_batches, _write_python  # noqa: E402
 from test_supervised_train import PTB_LINES  # noqa: E402
 
 from agents import compare  # noqa: E402
 from agents.compare import Metric, RunResult, RunSpec  # noqa: E402
+from alrao_cli.compare import main as compare_main  # noqa: E402
 
 TINY_RL = ["--env", "CartPole-v1", "--seeds", "2", "--total-steps", "600", "--sgd-grid", "1e-3,1e-1",
            "--eval-every", "300", "--eval-episodes", "2", "--test-episodes", "2", "--learning-starts", "100",

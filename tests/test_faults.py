@@ -27,13 +27,11 @@ import pytest
 import torch
 
 from agents.dqn import DQNConfig, train
+from alrao_cli.run_dqn import main as dqn_main
 from alrao_rl import checkpoint as ckpt_mod
 from alrao_rl.checkpoint import FORMAT, META_KEY, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from run_dqn import main as dqn_main  # noqa: E402
 
 TOTAL = 3000
 COMMON = [
@@ -117,7 +115,9 @@ def test_sigkill_at_a_random_moment_loses_nothing_but_time(tmp_path: Path, seed:
     assert (tmp_path / "full" / "evals.csv").read_text() == (tmp_path / "run" / "evals.csv").read_text()
 
 
-def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_0(tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_143(tmp_path: Path) -> None:
+    """128 + 15, as a shell reports a process ended by SIGTERM: a script can tell a stopped run from a
+    finished one (exit 0)."""
     logdir = tmp_path / "run"
     proc = _script(*COMMON, "--logdir", str(logdir))
     _wait_for(logdir / "checkpoint.pt", proc)
@@ -125,7 +125,7 @@ def test_sigterm_saves_a_checkpoint_at_the_episode_end_then_exits_0(tmp_path: Pa
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert "signal 15" in err and "Traceback" not in err
     summary = json.loads((logdir / "summary.json").read_text())
     saved = load_checkpoint(logdir / "checkpoint.pt")["progress"]
@@ -170,8 +170,9 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(double_sigt
 def test_a_second_signal_is_reported_in_one_line(double_sigterm: _DoubleSignal) -> None:
     err = double_sigterm.stderr
     assert "Traceback" not in err, err
-    # 130: the loop stopped at once; -SIGTERM: the signal came after the run had restored the default handler
-    assert double_sigterm.returncode in (130, -signal.SIGTERM), double_sigterm.returncode
+    # 143 (128 + SIGTERM): the loop stopped at once; -SIGTERM: the signal came after the run had restored the
+    # default handler
+    assert double_sigterm.returncode in (143, -signal.SIGTERM), double_sigterm.returncode
 
 
 # --- checkpoints that must be refused ----------------------------------------------------------------------
@@ -236,6 +237,30 @@ def test_a_finished_run_can_be_extended_with_a_larger_total_steps(tmp_path: Path
     assert dqn_main(argv) == 0
     assert dqn_main([*argv, "--total-steps", "800", "--resume"]) == 0
     assert json.loads((logdir / "summary.json").read_text())["total_steps"] == 800
+
+
+def test_resuming_with_a_total_below_the_steps_done_is_refused_naming_both(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the run was accepted and summary.json said total_steps 400 next to config.total_steps 200."""
+    logdir = _copy_run(finished_run, tmp_path)
+    before = _snapshot(logdir)
+    err = _refused([*SHORT, "--total-steps", "200", "--logdir", str(logdir), "--resume"], capsys)
+    assert "--total-steps 200 is below the 400 steps this run has already done" in err, err
+    assert _snapshot(logdir) == before
+
+
+def test_resuming_with_the_default_lr_written_out_is_the_same_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adam's default lr left out, then given as 1e-3: the same run (before: 'lr: saved=None current=0.001')."""
+    logdir = tmp_path / "run"
+    assert dqn_main([*SHORT, "--optimizer", "adam", "--logdir", str(logdir)]) == 0
+    assert dqn_main([*SHORT, "--optimizer", "adam", "--lr", "0.001", "--total-steps", "500", "--logdir",
+                     str(logdir), "--resume"]) == 0
+    err = _refused([*SHORT, "--optimizer", "adam", "--lr", "0.01", "--total-steps", "600", "--logdir", str(logdir),
+                    "--resume"], capsys)
+    assert "--lr: saved=0.001 current=0.01" in err and "None" not in err, err
 
 
 class _Evil:

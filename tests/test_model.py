@@ -289,3 +289,55 @@ def test_a_body_unit_that_overflows_kills_no_head_in_the_users_loop() -> None:
     assert not m.heads.dead.any() and m.heads.dead_features.nonzero().flatten().tolist() == [7]
     assert (o.state[m.heads.weight]["alrao_rate"] > 0).all() and (o.state[m.heads.bias]["alrao_rate"] > 0).all()
     assert torch.isfinite(m.heads.weight).all() and torch.isfinite(m.predict(x)).all()
+
+
+# --- recurrent bodies -----------------------------------------------------------------------------------------
+
+
+def _recurrent(task: str) -> AlraoModel:
+    torch.manual_seed(0)
+    model = AlraoModel(nn.LSTM(3, 5), nn.Linear(5, 4), n_heads=3, task=task)  # body(x, (h, c)) -> (z, (h, c))
+    with torch.no_grad():
+        model.heads.weight.normal_()
+    model.switch.update(torch.tensor([-1.0, -0.2, -3.0]))
+    return model
+
+
+@pytest.mark.parametrize("call", ["forward", "predict"])
+def test_a_recurrent_body_called_without_state_points_to_predict_with_state(call: str) -> None:
+    model = _recurrent("regression")
+    with pytest.raises(TypeError, match=r"returned a tuple.*predict_with_state"):
+        getattr(model, call)(torch.randn(6, 2, 3))
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_predict_with_state_carries_the_state_like_one_pass_over_the_sequence(task: str) -> None:
+    model = _recurrent(task)
+    x = torch.randn(6, 2, 3)  # [time, batch, features]
+    whole, (h, c) = model.predict_with_state(x)
+    z, _ = model.body(x)
+    torch.testing.assert_close(whole, model.output(z).prediction)
+    first, state = model.predict_with_state(x[:4])
+    second, last = model.predict_with_state(x[4:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    torch.testing.assert_close(last[0], h)
+    torch.testing.assert_close(last[1], c)
+    assert not whole.requires_grad
+
+
+def test_predict_with_state_refuses_a_body_that_returns_no_state() -> None:
+    with pytest.raises(TypeError, match=r"body\(x, state\) -> \(features, state\)"):
+        _model().predict_with_state(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("gathered", [False, True])
+def test_loss_refuses_the_output_of_another_model_of_the_same_shape(gathered: bool) -> None:
+    m1, m2 = _model(), _model()
+    x, y = torch.randn(4, 2), torch.randn(4, 3)
+    out = m2(x)
+    if gathered:
+        out, y = out.gather(torch.zeros(4, dtype=torch.long)), y[:, 0]
+    with pytest.raises(ValueError, match="another model's forward"):
+        m1.loss(out, y)
+    loss, _ = m2.loss(out, y)  # its own model takes it
+    assert torch.isfinite(loss)

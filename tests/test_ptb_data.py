@@ -180,3 +180,11 @@ def test_real_valid_file_char_count_is_tokens_joined_by_underscore_plus_eos() ->
     # 70,390 words: one '_' between consecutive words of a line
     assert symbols.count("_") == 70390 - len(lines)
     assert len(set(symbols)) < 60  # a character vocabulary (50 symbols for PTB)
+
+
+@pytest.mark.parametrize("read", [read_words, read_chars, read_char_file])
+def test_a_file_that_is_not_utf8_text_is_named_with_the_first_bad_byte(read: object, tmp_path: Path) -> None:
+    path = tmp_path / "ptb.valid.txt"
+    path.write_bytes(b"the cat \x87\x00 sat\n")
+    with pytest.raises(ValueError, match=rf"^{path}: not UTF-8 text \(byte 0x87 at offset 8\)"):
+        read(path)  # type: ignore[operator]

@@ -340,3 +340,12 @@ def test_add_batch_equals_repeated_add(capacity: int, prefill: int, chunks: list
         np.testing.assert_array_equal(getattr(batched, name), getattr(single, name), err_msg=name)
     assert batched.state_dict()["pos"] == single.state_dict()["pos"]
     _assert_batches_equal(batched.sample(12), single.sample(12))
+
+
+@pytest.mark.parametrize(
+    ("shape", "capacity", "dtype"), [((3,), 10, np.float32), ((2, 5), 7, np.uint8), ((8,), 1, np.float64)]
+)
+def test_bytes_needed_is_the_nbytes_of_the_buffer_it_describes(
+    shape: tuple[int, ...], capacity: int, dtype: type
+) -> None:
+    assert ReplayBuffer.bytes_needed(shape, capacity, dtype) == ReplayBuffer(shape, capacity, obs_dtype=dtype).nbytes

@@ -263,17 +263,20 @@ def test_several_envs_callbacks_and_progress_bar() -> None:
     assert int(model.q_net.alrao_model.switch.steps) > 0
 
 
-def test_tensorboard_logs_the_posterior_of_every_head(tmp_path: pathlib.Path) -> None:
+def test_tensorboard_logs_the_averaging_weight_of_every_head_under_run_dqns_tag(tmp_path: pathlib.Path) -> None:
+    """One name in both trainers: ``alrao/posterior/head_{j}``, the weights used (scripts/run_dqn.py logs the same
+    tag; tests/test_tensorboard.py)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = _model(tensorboard_log=str(tmp_path))
     model.learn(600, log_interval=1)
     (run,) = list(tmp_path.iterdir())
     assert run.name.startswith("AlraoDQN")
-    tags = EventAccumulator(str(run)).Reload().Tags()["scalars"]
-    assert {f"alrao/posterior_head_{j}" for j in range(5)} <= set(tags)
-    assert {"train/loss", "train/learning_rate", "alrao/heads_variance"} <= set(tags)
-    weights = [EventAccumulator(str(run)).Reload().Scalars(f"alrao/posterior_head_{j}")[-1].value for j in range(5)]
+    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
+    assert {f"alrao/posterior/head_{j}" for j in range(5)} <= tags
+    assert not any(t.startswith("alrao/posterior_head_") for t in tags)
+    assert {"train/loss", "train/learning_rate", "alrao/heads_variance"} <= tags
+    weights = [EventAccumulator(str(run)).Reload().Scalars(f"alrao/posterior/head_{j}")[-1].value for j in range(5)]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
 
 

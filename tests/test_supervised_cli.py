@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from run_cifar import main as cifar_main  # noqa: E402
-from run_ptb import main as ptb_main  # noqa: E402
 from test_cifar_data import _fake_batches, _write_binary, _write_python  # noqa: E402
 from test_supervised_train import PTB_LINES  # noqa: E402
 
+from alrao_cli.run_cifar import main as cifar_main  # noqa: E402
+from alrao_cli.run_ptb import main as ptb_main  # noqa: E402
 from alrao_rl.supervised.train import EVALS_COLUMNS, SUMMARY_KEYS  # noqa: E402
 
 REAL_PTB = Path("/work/shared/data/ptb")
@@ -148,15 +149,15 @@ def _ptb_files(ptb_dir: Path) -> list[str]:
 PTB_BAD = [
     (["--train-file=/nonexistent/ptb.train.txt", "--valid-file=V", "--test-file=T"], "PTB file not found"),
     (["FILES", "--level", "byte"], "invalid choice: 'byte'"),
-    (["FILES", "--eta-min", "0"], "eta_min must be a finite number > 0, got 0.0"),
-    (["FILES", "--eta-min", "1", "--eta-max", "0.1"], "eta_min must be <= eta_max"),
+    (["FILES", "--eta-min", "0"], "--eta-min must be a finite number > 0, got 0.0"),
+    (["FILES", "--eta-min", "1", "--eta-max", "0.1"], "--eta-min must be <= --eta-max"),
     (["FILES", "--alrao", "--optimizer", "sgd", "--lr", "1"], "not allowed with argument --alrao"),
     (["FILES", "--optimizer", "sgd"], "method 'sgd' needs a learning rate"),
     (["FILES", "--data-dir", "DIR"], "either --data-dir or --train-file"),
     (["--train-file", "x"], "give --data-dir, or all three"),
     (["--data-dir", "/nonexistent"], "is not a folder"),
     (["FILES", "--nproc", "0"], "--nproc must be >= 1, got 0"),
-    (["FILES", "--bptt", "0"], "bptt must be an integer >= 1, got 0"),
+    (["FILES", "--bptt", "0"], "--bptt must be an integer >= 1, got 0"),
     (["FILES", "--heads", "abc"], "invalid int value: 'abc'"),
     (["FILES", "--batch-size", "500"], "too few for 500 streams"),
     (["FILES", "--epochs", "-1"], "epochs must be an integer >= 1, got -1"),
@@ -178,12 +179,12 @@ def test_ptb_bad_input_exits_2_with_one_line(
 
 
 CIFAR_BAD = [
-    (["--data-dir", "/nonexistent"], "no complete CIFAR-10 distribution"),
+    (["--data-dir", "/nonexistent"], "--data-dir '/nonexistent' does not exist"),
     ([], "the following arguments are required: --data-dir"),
     (["DATA", "--model", "alexnet"], "invalid choice: 'alexnet'"),
     (["DATA", "--width", "0"], "width must be a finite number > 0"),
-    (["DATA", "--valid-size", "1000"], "valid_size must lie in 1..99"),
-    (["DATA", "--eta-min", "0"], "eta_min must be a finite number > 0, got 0.0"),
+    (["DATA", "--valid-size", "1000"], "--valid-size must lie in 1..99"),
+    (["DATA", "--eta-min", "0"], "--eta-min must be a finite number > 0, got 0.0"),
     (["DATA", "--alrao", "--optimizer", "adam"], "not allowed with argument --alrao"),
     (["DATA", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["DATA", "--lr", "-1"], "lr must be a finite number > 0"),
@@ -231,4 +232,28 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert "no complete CIFAR-10 distribution" in proc.stderr
+    assert f"--data-dir {str(tmp_path / 'none')!r} does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_exit_128_plus_its_number(
+    ptb_dir: Path, tmp_path: Path, sig: int, status: int
+) -> None:
+    logdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "run_ptb.py"), *_ptb_files(ptb_dir), *TINY_PTB, "--epochs", "100000",
+         "--patience", "100000", "--logdir", str(logdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    while not (logdir / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    from alrao_rl.checkpoint import load_checkpoint
+
+    assert load_checkpoint(logdir / "checkpoint.pt")["progress"]["epoch"] >= 1
+    assert not (logdir / "summary.json").exists() and json.loads(out.strip().splitlines()[-1])["interrupted"] is True

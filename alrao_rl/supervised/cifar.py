@@ -254,11 +254,16 @@ def load_cifar10(data_dir: str | Path) -> Cifar10:
 
     :param data_dir: folder with the batch files.
     :return: the official 50,000 / 10,000 split (or whatever the files hold) as tensors.
-    :raises FileNotFoundError: naming the folder and the expected files when neither format is
-        complete.
+    :raises FileNotFoundError: when the folder does not exist; naming the folder and the expected
+        files when neither format is complete.
+    :raises NotADirectoryError: when ``data_dir`` is a file.
     :raises ValueError: naming the file when one is malformed.
     """
     folder = Path(data_dir)
+    if not folder.exists():
+        raise FileNotFoundError(f"CIFAR-10 folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"CIFAR-10 folder {folder} is not a folder")
     found = _detect(folder)
     if found is None:
         for sub in _SUBFOLDERS.values():

@@ -16,6 +16,15 @@ all-reduces them with the body's. ``find_unused_parameters=True`` must *not* be 
 tensors in the output, find none inside the custom ``AlraoOutput`` object and treat every parameter as
 unused.
 
+**BatchNorm.** A BatchNorm layer normalizes with the mean and variance of the batch it sees; under DDP
+each rank would see only its shard, and a 2-process run would no longer be the 1-process run on the
+global batch. :func:`wrap_ddp` therefore synchronizes every BatchNorm layer first
+(:func:`sync_batch_norm`): the statistics (and the running averages) are those of the global batch,
+and the backward pass all-reduces the two sums that couple the samples. On GPU that is torch's
+``nn.SyncBatchNorm``; torch's runs on GPUs only (on CPU it raises "SyncBatchNorm expected input tensor
+to be on GPU"), so on CPU (gloo) the layers become :class:`CpuSyncBatchNorm`, which computes the same
+thing with ``all_gather``/``all_reduce``.
+
 Launch with ``torchrun --nproc-per-node W script.py ...`` (:func:`context_from_env`) or spawn ``W``
 processes from one (:func:`spawn`). The backend is gloo on CPU, nccl on GPU.
 """
@@ -34,6 +43,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 __all__ = [
+    "CpuSyncBatchNorm",
     "DistContext",
     "all_reduce_sum",
     "average_across_ranks",
@@ -45,6 +55,7 @@ __all__ = [
     "resolve_device",
     "shard_bounds",
     "spawn",
+    "sync_batch_norm",
     "wrap_ddp",
 ]
 
@@ -144,6 +155,8 @@ def close_process_group() -> None:
 def wrap_ddp(net: nn.Module, ctx: DistContext) -> nn.Module:
     """``DistributedDataParallel(net)`` when ``ctx`` has several ranks, else ``net`` itself.
 
+    With several ranks, the BatchNorm layers inside ``net`` are first synchronized in place
+    (:func:`sync_batch_norm`; same parameters and buffers, so an optimizer built before keeps them).
     ``find_unused_parameters`` stays False (see the module docstring: an ``AlraoOutput`` must pass
     through DDP untouched).
 
@@ -154,8 +167,135 @@ def wrap_ddp(net: nn.Module, ctx: DistContext) -> nn.Module:
         return net
     from torch.nn.parallel import DistributedDataParallel
 
+    net = sync_batch_norm(net, ctx)
     device_ids = [ctx.device] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=False)
+
+
+def sync_batch_norm(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """Make the BatchNorm layers of ``module`` normalize with the statistics of the global batch.
+
+    Each ``BatchNorm1d/2d/3d`` becomes ``nn.SyncBatchNorm`` on GPU and :class:`CpuSyncBatchNorm` on CPU
+    (torch's runs on GPUs only), holding the very same parameters and buffers; the replacement is done
+    in place in ``module``'s children. One process: ``module`` unchanged.
+
+    :param module: the network.
+    :param ctx: this rank's context.
+    :return: ``module`` (or the new layer, if ``module`` itself is a BatchNorm layer).
+    """
+    if not ctx.distributed:
+        return module
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_cpu_sync(module)
+
+
+def _to_cpu_sync(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (nn.SyncBatchNorm,
+                                                                                        CpuSyncBatchNorm)):
+        out = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias  # the same Parameter objects
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_cpu_sync(child))
+    return out
+
+
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all ranks, for CPU process groups (gloo), where torch's
+    ``nn.SyncBatchNorm`` does not run. Same parameters, buffers and results as ``nn.BatchNorm*d`` applied
+    to the concatenation of the ranks' batches (up to summation order).
+
+    Training with several ranks: each rank's count, mean and sum of squared deviations per channel are
+    gathered and merged (``mean = sum_r n_r mean_r / N``, ``M2 = sum_r M2_r + n_r (mean_r - mean)^2``),
+    the output is ``(x - mean) / sqrt(M2 / N + eps) * weight + bias`` and the running variance takes the
+    unbiased ``M2 / (N - 1)``. Backward all-reduces ``sum dy`` and ``sum dy * x_hat`` per channel (the
+    gradient of the sum of the ranks' losses, which DDP then averages, like the other gradients). In
+    evaluation mode, or in one process, it is ``F.batch_norm``.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        running = self.training and self.track_running_stats
+        if not (use_batch and self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return nn.functional.batch_norm(
+                input,
+                self.running_mean if not self.training or self.track_running_stats else None,
+                self.running_var if not self.training or self.track_running_stats else None,
+                self.weight, self.bias, use_batch, factor, self.eps,
+            )
+        return _SyncBatchNorm.apply(input, self.weight, self.bias, self.running_mean if running else None,
+                                    self.running_var if running else None, self.eps, factor)
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    """The training-mode forward and backward of :class:`CpuSyncBatchNorm` over the default process group."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                running_var: Tensor | None, eps: float, momentum: float) -> Tensor:
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        shape = [1, c] + [1] * (x.dim() - 2)
+        xd = x.detach().double()
+        n = x.numel() // c
+        local_mean = xd.mean(dims) if n > 0 else xd.new_zeros(c)
+        local_m2 = ((xd - local_mean.view(shape)) ** 2).sum(dims) if n > 0 else xd.new_zeros(c)
+        local = torch.stack([local_mean.new_full((c,), float(n)), local_mean, local_m2])
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local)
+        counts, means, m2s = torch.stack(parts).unbind(1)  # each [world, C]
+        total = counts.sum(0)
+        if bool((total < 1).any()):
+            raise ValueError("CpuSyncBatchNorm: the global batch is empty")
+        mean = (counts * means).sum(0) / total
+        m2 = (m2s + counts * (means - mean) ** 2).sum(0)
+        invstd = torch.rsqrt(m2 / total + eps)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                unbiased = m2 / (total - 1).clamp(min=1)
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        mean_x, invstd_x = mean.to(x.dtype).view(shape), invstd.to(x.dtype).view(shape)
+        x_hat = (x - mean_x) * invstd_x
+        ctx.save_for_backward(x_hat, weight, invstd_x)
+        ctx.total, ctx.dims, ctx.shape = float(total[0]), dims, shape
+        out = x_hat
+        if weight is not None:
+            out = out * weight.view(shape)
+        if bias is not None:
+            out = out + bias.view(shape)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x_hat, weight, invstd_x = ctx.saved_tensors
+        dims, shape = ctx.dims, ctx.shape
+        sum_dy = grad_out.sum(dims)
+        sum_dy_xhat = (grad_out * x_hat).sum(dims)
+        totals = torch.stack([sum_dy, sum_dy_xhat]).double()
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        mean_dy, mean_dy_xhat = (totals / ctx.total).to(grad_out.dtype).unbind(0)
+        scale = invstd_x if weight is None else invstd_x * weight.view(shape)
+        grad_x = scale * (grad_out - mean_dy.view(shape) - x_hat * mean_dy_xhat.view(shape))
+        grad_weight = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def shard_bounds(n: int, ctx: DistContext) -> tuple[int, int]:

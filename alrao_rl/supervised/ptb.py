@@ -70,12 +70,16 @@ def _read_lines(path: str | Path) -> list[str]:
 
     :param path: the file.
     :raises FileNotFoundError: naming ``path`` when it does not exist.
-    :raises ValueError: naming ``path`` when it holds no text (empty or white space only).
+    :raises ValueError: naming ``path`` when it holds no text (empty or white space only), or is not
+        UTF-8 text (with the first bad byte and its offset).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PTB file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     if not text.strip():
         raise ValueError(f"PTB file is empty: {path}")
     return text.splitlines()

@@ -163,7 +163,7 @@ class TrainConfig:
     """CIFAR: validation images taken from the official training set (None: 10,000, or a fifth of
     that set when it is smaller)."""
     limit_train: int | None = None
-    """CIFAR: train on only this many of the remaining training images (smoke runs)."""
+    """CIFAR: train on only this many of the remaining training images (smoke runs; None: all)."""
     level: str = "char"
     """PTB: 'char' (the paper) or 'word' symbols."""
     bptt: int = 70
@@ -632,6 +632,14 @@ class _Progress:
     wall_seconds: float = 0.0
 
 
+def _as_used(state: dict[str, Any]) -> dict[str, Any]:
+    """A config state with ``lr`` as used (its method's default when None, as :attr:`TrainConfig.effective_lr`):
+    a run started with the default and resumed with it written out is the same run."""
+    if isinstance(state, dict) and state.get("lr") is None and state.get("method") in METHODS:
+        return {**state, "lr": 1.0 if state["method"] == "alrao" else 1e-3}
+    return state
+
+
 def load_resumable(config: TrainConfig, logdir: str | os.PathLike[str] | None, world_size: int = 1) -> dict[str, Any]:
     """The checkpoint of ``logdir``, after checking that this run may continue it.
 
@@ -647,7 +655,7 @@ def load_resumable(config: TrainConfig, logdir: str | os.PathLike[str] | None, w
     if path is None or not os.path.exists(path):
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
     saved = load_checkpoint(path)
-    check_compatible(saved["config"], asdict(config), COMPATIBLE_KEYS)
+    check_compatible(_as_used(saved["config"]), _as_used(asdict(config)), COMPATIBLE_KEYS)
     if saved["world_size"] != world_size:
         raise CheckpointError(f"the checkpoint was written by {saved['world_size']} process(es), this run has "
                               f"{world_size}; the global batch would differ")
@@ -718,7 +726,8 @@ def train_classifier(
                               f"weights unless a better epoch comes", RuntimeWarning, stacklevel=2)
     runner = wrap_ddp(net, ctx)
 
-    writer = SummaryWriter(logdir) if main else None
+    # A resumed run redoes the steps after its checkpoint: the events a killed run wrote for them are purged.
+    writer = SummaryWriter(logdir, purge_step=state.steps + 1 if resume else None) if main else None
     if writer is not None and net.alrao and state.epoch == 0:
         body = {id(p) for p in net.model.body.parameters()}
         rates = [s["alrao_rate"].flatten() for p, s in optimizer.state.items() if id(p) in body]

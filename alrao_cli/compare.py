@@ -1,0 +1,331 @@
+"""Compare Alrao with SGD at every rate of a grid, default Adam and tuning-free peers (the paper's Table 1).
+
+    python scripts/compare.py --env Pendulum-v1 --seeds 5 --total-steps 30000 --out results/pendulum
+    python scripts/compare.py --env CartPole-v1 --seeds 3 --total-steps 50000 --methods alrao,sgd,adam,prodigy
+    python scripts/compare.py --env Pendulum-v1 --sgd-grid 1e-3,1e-2,1e-1 --backend ray
+    python scripts/compare.py --task ptb --data-dir data/ptb --seeds 2 --epochs 5 --out results/ptb
+
+For every seed: Alrao (per-unit rates in [--eta-min, --eta-max]), SGD at every rate of --sgd-grid, Adam
+with its defaults, and the tuning-free peers named in --methods (each from the optional extra 'peers':
+pip install 'alrao-rl[peers]'): prodigy (prodigyopt), dadapt-sgd and dadapt-adam (dadaptation), dog
+(dog-optimizer), sf-sgd and sf-adamw (schedulefree).
+
+Protocol. SGD's rate is selected on selection data only: the mean over seeds of each run's final
+evaluation return (greedy episodes seeded 1,000,000 + 1000 seed + k), or of the validation loss of its
+best epoch (--task cifar|ptb). Every method is then reported on data no choice has seen: the final
+policy on --test-episodes new episodes seeded 2,000,000 + 1000 seed + k, or the test set. A run that
+diverges (non-finite values), fails, or ends worse than the floor (the mean return of a random policy
+over --floor-episodes episodes; the loss of the uniform prediction) counts as failed and stays in
+every statistic.
+
+Outputs in --out: runs/<method>[-lr<rate>]/seed<k>/ (each run's evals.csv, summary.json, checkpoint,
+TensorBoard events and compare.json), results.csv (one row per run), report.md (the table: per method
+the selected rate, mean +/- std of the test value, IQM with a 95% bootstrap CI, failed runs; the ratio
+of Alrao to the best SGD rate), curves.png, rates.png and posterior.png.
+
+Runs go in parallel (one process per core, one torch thread each; --backend ray for Ray tasks).
+Finished runs are found by the hash of their configuration and not run again (--force reruns them);
+an interrupted sweep continues where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agents.compare import Metric, RunSpec, SweepInfo
+
+    Plan = tuple[list[RunSpec], Metric, SweepInfo]
+
+from alrao_cli.common import HeldWarnings, OneLineParser, as_flags, fail, flag_fields, program
+
+
+def _dqn_default(name: str) -> object:
+    from agents.dqn import DQNConfig
+
+    return next(f.default for f in dataclasses.fields(DQNConfig) if f.name == name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agents.compare import DEFAULT_SGD_GRID, PEERS, TASKS
+    from agents.compare.backends import BACKENDS
+
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what to compare")
+    what.add_argument("--task", choices=TASKS, default="rl",
+                      help="rl: DQN on --env; cifar, ptb: the supervised tasks on --data-dir (default: rl)")
+    what.add_argument("--env", default=None, help="gymnasium id for --task rl (default: Pendulum-v1)")
+    what.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1, per method and rate (default: 5)")
+    what.add_argument("--methods", default="alrao,sgd,adam",
+                      help=f"comma-separated methods: alrao, sgd, adam, and peers {', '.join(PEERS)} "
+                           f"(default: alrao,sgd,adam)")
+    what.add_argument("--sgd-grid", default=",".join(f"{x:g}" for x in DEFAULT_SGD_GRID),
+                      help="comma-separated SGD learning rates (default: the paper's %(default)s)")
+    what.add_argument("--eta-min", type=float, default=None,
+                      help="Alrao's lowest rate (default: 1e-5; PTB 1e-3)")
+    what.add_argument("--eta-max", type=float, default=None, help="Alrao's highest rate (default: 10; PTB 100)")
+    what.add_argument("--heads", type=int, default=None, help="Alrao's output heads (default: 10; PTB 6)")
+
+    rl = parser.add_argument_group("reinforcement learning (--task rl)")
+    rl.add_argument("--total-steps", type=int, default=30_000, help="environment steps per run (default: 30000)")
+    for name, text in (("eval_every", "environment steps between evaluations on the selection episodes"),
+                       ("eval_episodes", "selection episodes per evaluation"),
+                       ("learning_starts", "environment steps before the first gradient step"),
+                       ("exploration_steps", "steps over which epsilon decays from 1 to 0.05")):
+        default = _dqn_default(name)
+        rl.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=f"{text} (default: {default})")
+    rl.add_argument("--test-episodes", type=int, default=10,
+                    help="new greedy episodes of each final policy, for the test return (default: 10)")
+    rl.add_argument("--floor-episodes", type=int, default=20,
+                    help="episodes of a random policy whose mean return is the failure floor (default: 20)")
+
+    sup = parser.add_argument_group("supervised (--task cifar|ptb)")
+    sup.add_argument("--data-dir", default=None,
+                     help="CIFAR-10 batch files, or PTB files with their standard names (ptb.char.* or ptb.*)")
+    sup.add_argument("--model", default=None, help="CIFAR network (default: vgg19)")
+    sup.add_argument("--epochs", type=int, default=200, help="maximum epochs per run (default: 200)")
+    sup.add_argument("--patience", type=int, default=20,
+                     help="stop after this many epochs without a better validation loss (default: 20)")
+    sup.add_argument("--batch-size", type=int, default=None, help="minibatch (default: CIFAR 32, PTB 20 streams)")
+    sup.add_argument("--width", type=float, default=1.0, help="CIFAR channel multiplier (default: 1)")
+    sup.add_argument("--limit-train", type=int, default=None, help="CIFAR: train on this many images only")
+    sup.add_argument("--valid-size", type=int, default=None, help="CIFAR validation images (default: 10000)")
+    sup.add_argument("--level", choices=["char", "word"], default="char", help="PTB symbols (default: char)")
+    sup.add_argument("--bptt", type=int, default=70, help="PTB truncated backpropagation length (default: 70)")
+
+    for action in sup._group_actions:
+        SUPERVISED_DEFAULTS[action.dest] = action.default
+
+    how = parser.add_argument_group("how to run")
+    how.add_argument("--out", default=None, help="output folder (default: results/<env or task>)")
+    how.add_argument("--workers", type=int, default=None,
+                     help="runs in parallel (default: the usable cores; 1 runs them in this process)")
+    how.add_argument("--backend", choices=list(BACKENDS), default="process",
+                     help="process: a process pool here; ray: Ray tasks, from the optional extra 'ray' "
+                          "(default: process)")
+    how.add_argument("--ray-address", default=None,
+                     help="an existing Ray cluster (default: a local instance; --out must be on a shared disk)")
+    how.add_argument("--force", action="store_true", help="rerun the runs already finished in --out")
+    how.add_argument("--bootstrap-resamples", type=int, default=10_000,
+                     help="resamples for the IQM confidence intervals (default: 10000)")
+    how.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _parse_list(text: str, option: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        fail(f"{option} is empty")
+    return items
+
+
+def _parse_grid(text: str) -> list[float]:
+    rates = []
+    for item in _parse_list(text, "--sgd-grid"):
+        try:
+            rate = float(item)
+        except ValueError:
+            fail(f"--sgd-grid: {item!r} is not a number")
+        if not (math.isfinite(rate) and rate > 0):
+            fail(f"--sgd-grid: rates must be finite numbers > 0, got {item}")
+        rates.append(rate)
+    return rates
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with HeldWarnings() as held:  # a refused input prints its error line alone
+        return _main(args, argv, held)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) -> int:
+    from agents import compare
+
+    _check_positive(args, "seeds", "total_steps", "eval_every", "eval_episodes", "test_episodes", "floor_episodes",
+                    "workers", "epochs", "patience", "bootstrap_resamples")
+    methods = _parse_list(args.methods, "--methods")
+    grid = _parse_grid(args.sgd_grid)
+    try:
+        compare.check_methods(methods)
+    except ValueError as e:
+        fail(str(e))
+    if args.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            fail("--backend ray needs the package 'ray', which is not installed: pip install 'alrao-rl[ray]' "
+                 "(the optional extra 'ray')")
+    elif args.ray_address is not None:
+        fail("--ray-address needs --backend ray")
+    for name in ("eval_episodes", "test_episodes"):
+        if getattr(args, name) > compare.MAX_EPISODES:
+            fail(f"--{name.replace('_', '-')} must be <= {compare.MAX_EPISODES}, got {getattr(args, name)}")
+
+    out = args.out or os.path.join("results", (args.env or "Pendulum-v1").lower() if args.task == "rl" else args.task)
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out!r} is a file, not a folder")
+    alrao = {k: v for k, v in (("eta_min", args.eta_min), ("eta_max", args.eta_max), ("heads", args.heads))
+             if v is not None}
+    seeds = list(range(args.seeds))
+    if args.task == "rl":
+        plan = _plan_rl(args, methods, grid, seeds, alrao)
+    else:
+        plan = _plan_supervised(args, methods, grid, seeds, alrao)
+    specs, metric, info = plan
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        fail(f"--out {out!r}: {e.strerror}")
+    held.release()
+
+    start = time.perf_counter()
+    command = "python scripts/compare.py" if program().endswith(".py") else program()
+    info.command = f"{command} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    sgd = f"; SGD at {_plural(len(grid), 'rate')}" if "sgd" in methods else ""
+    print(f"{_plural(len(specs), 'run')}: {_plural(len(seeds), 'seed')} x ({', '.join(methods)}{sgd}) in {out}",
+          flush=True)
+    try:
+        outcome = compare.run_sweep(specs, out, backend=args.backend, workers=args.workers, force=args.force,
+                                    ray_address=args.ray_address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    info.wall_seconds = time.perf_counter() - start
+    info.ran = outcome.ran
+    compare.record_sweep(out, info.wall_seconds, outcome.ran, args.workers or compare.usable_cores(), args.backend)
+    info.history = compare.sweep_history(out)
+    paths = compare.write_report(out, outcome.results, metric, info, resamples=args.bootstrap_resamples)
+    print(f"ran {_plural(outcome.ran, 'run')}, reused {_plural(outcome.reused, 'finished run')}, "
+          f"in {info.wall_seconds / 60:.1f} min")
+    errors = [r for r in outcome.results if r.error]
+    for r in errors:
+        print(f"run {r.label} seed {r.seed} failed with an error: {r.error}", file=sys.stderr)
+    with open(paths["report"]) as f:
+        table = f.read().split("\n## ")[0]
+    print(table.rstrip())
+    print("wrote " + ", ".join(paths[k] for k in ("report", "results", "curves", "rates", "posterior")))
+    return 0
+
+
+SUPERVISED_DEFAULTS: dict[str, object] = {}
+SUPERVISED_OPTIONS = ("data_dir", "model", "epochs", "patience", "batch_size", "width", "limit_train", "valid_size",
+                      "level", "bptt")
+
+
+def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
+             alrao: dict[str, float]) -> Plan:
+    from agents import compare
+    from agents.dqn import DQNConfig
+    from envs import make_env
+
+    for dest in SUPERVISED_OPTIONS:  # refuse, rather than ignore, what only supervised runs use
+        if getattr(args, dest) != SUPERVISED_DEFAULTS[dest]:
+            fail(f"--{dest.replace('_', '-')} is for --task cifar or ptb, not --task rl")
+    env_id = args.env or "Pendulum-v1"
+    options = {"total_steps": args.total_steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+               "learning_starts": args.learning_starts, "exploration_steps": args.exploration_steps, **alrao}
+    try:
+        make_env(env_id).close()
+        specs = compare.plan_runs("rl", env_id, methods, seeds, grid, options, args.test_episodes)
+        for spec in specs:  # every configuration is valid before anything runs
+            compare.dqn_config(spec)
+    except (ValueError, TypeError) as e:
+        fail(as_flags(str(e), flag_fields(args, DQNConfig)))
+    config = DQNConfig(env=env_id, **options)
+    returns = compare.random_policy_returns(env_id, args.floor_episodes, n_bins=config.n_bins)
+    floor = float(sum(returns) / len(returns))
+    spread = float((sum((r - floor) ** 2 for r in returns) / len(returns)) ** 0.5)
+    metric = compare.Metric("return", True, floor, "random policy")
+    info = compare.SweepInfo(
+        task="rl",
+        problem=env_id,
+        seeds=seeds,
+        methods=methods,
+        sgd_grid=grid,
+        eta_min=config.eta_min,
+        eta_max=config.eta_max,
+        heads=config.heads,
+        budget=f"{args.total_steps:,} environment steps of DQN",
+        selection=f"the final evaluation of each run ({args.eval_episodes} greedy episodes seeded "
+                  f"1,000,000 + 1000·seed + k), averaged over seeds",
+        test=f"{args.test_episodes} new greedy episodes of each run's final policy, seeded 2,000,000 + 1000·seed + k",
+        floor_detail=f"the mean return of a uniformly random policy over {args.floor_episodes} episodes seeded "
+                     f"3,000,000 + k (std {spread:.1f})",
+    )
+    return specs, metric, info
+
+
+def _plan_supervised(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
+                     alrao: dict[str, float]) -> Plan:
+    from agents import compare
+    from alrao_rl.supervised.train import TrainConfig, check_data
+
+    if args.env is not None:
+        fail(f"--env is for --task rl, not --task {args.task}")
+    if args.data_dir is None:
+        fail(f"--task {args.task} needs --data-dir")
+    if not os.path.isdir(args.data_dir):
+        fail(f"--data-dir {args.data_dir!r} is not a folder")
+    _check_positive(args, "batch_size", "limit_train", "valid_size", "bptt")
+    options: dict[str, object] = {"epochs": args.epochs, "patience": args.patience, **alrao}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    if args.task == "cifar":
+        options.update(width=args.width, limit_train=args.limit_train, valid_size=args.valid_size)
+        if args.model is not None:
+            options["model"] = args.model
+    else:
+        if args.model is not None:
+            fail("--model is for --task cifar")
+        options.update(level=args.level, bptt=args.bptt)
+    try:
+        problem = "cifar10" if args.task == "cifar" else f"ptb-{args.level}"
+        specs = compare.plan_runs(args.task, problem, methods, seeds, grid, options, data_dir=args.data_dir)
+        configs = [compare.train_config(spec) for spec in specs]
+        data = compare.load_supervised_data(args.task, args.data_dir, options)
+        check_data(configs[0], data)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        fail(as_flags(str(e), flag_fields(args, TrainConfig)))
+    floor = compare.uniform_loss(args.task, data)
+    unit = "nats" if args.task == "cifar" else f"bits per {'character' if args.level == 'char' else 'word'}"
+    metric = compare.Metric("loss", False, floor, "uniform prediction", unit)
+    config = configs[0]
+    info = compare.SweepInfo(
+        task=args.task,
+        problem=problem,
+        seeds=seeds,
+        methods=methods,
+        sgd_grid=grid,
+        eta_min=config.eta_min,
+        eta_max=config.eta_max,
+        heads=config.heads,
+        budget=f"at most {args.epochs} epochs (early stopping after {args.patience} epochs without a better "
+               f"validation loss)",
+        selection="the validation loss of each run's best-validation epoch, averaged over seeds",
+        test="the test set, with the weights of each run's best-validation epoch",
+        floor_detail="the loss of the uniform prediction over the "
+                     + ("10 classes" if args.task == "cifar" else f"{len(data.vocab)} symbols of the vocabulary"),
+    )
+    return specs, metric, info
+
+
+if __name__ == "__main__":
+    sys.exit(main())
