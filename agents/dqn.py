@@ -282,8 +282,18 @@ class DQNAgent:
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
-        """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean), ``[B, A]``."""
-        return self.q_net.predict(obs) if self.alrao else self.q_net(obs)
+        """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean), ``[B, A]``, computed by
+        batched kernels as one member of a population (``nn.Linear`` on one observation takes a
+        matrix-vector kernel that rounds differently): a population's members act as their runs alone."""
+        if self.alrao:
+            return self.q_net.predict(obs)
+        x = obs.unsqueeze(0)
+        for module in self.q_net.modules():
+            if isinstance(module, nn.Linear):
+                x = torch.baddbmm(module.bias.view(1, 1, -1), x, module.weight.t().unsqueeze(0))
+            elif not list(module.children()):
+                x = module(x)
+        return x.squeeze(0)
 
     @torch.no_grad()
     def target_q_values(self, obs: Tensor) -> Tensor:
@@ -438,6 +448,11 @@ def train(
         if ckpt_path is None or not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         saved = load_checkpoint(ckpt_path)
+        if "population" in saved:
+            raise CheckpointError(
+                f"{ckpt_path!r} holds the final policy of a member of a population of {saved['population']}: "
+                f"resume the population itself (run_dqn.py --seeds ... --resume)"
+            )
         try:
             check_compatible(_as_used(saved["config"]), _as_used(_config_state(config)), COMPATIBLE_KEYS)
             agent.load_state_dict(saved["agent"])

@@ -49,6 +49,7 @@ from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, RunningVariance, register_
 from alrao_rl.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, stop_requests
 from envs import make_env
 
+from . import replay_buffer
 from .dqn import (
     COMPATIBLE_KEYS,
     DQNAgent,
@@ -61,7 +62,7 @@ from .dqn import (
     write_run_outputs,
 )
 
-__all__ = ["PopulationBuffer", "PopulationDQN", "StackedLinear", "available_memory", "member_key"]
+__all__ = ["PopulationBuffer", "PopulationDQN", "StackedLinear", "member_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +76,6 @@ def member_key(config: DQNConfig) -> tuple:
     ``lr`` (and the checkpoint interval, which does not change the run)."""
     state = _config_state(config)
     return tuple((k, repr(v)) for k, v in sorted(state.items()) if k not in (*MEMBER_FIELDS, "checkpoint_every"))
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (``MemAvailable`` on Linux), None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 # --- batched networks ----------------------------------------------------------------------------------
@@ -244,6 +230,18 @@ class _AlraoGroup(_Group):
         self._soft_update()
         return np.asarray(result.loss)
 
+    def log(self, writer: Any, j: int, step: int) -> None:
+        """Member ``j``'s averaging weights (``alrao/posterior/head_{h}``), heads' variance and frozen
+        units, as a single run logs them."""
+        log_a = self.online.averaging_log_weights()[j]
+        for h, a_h in enumerate(log_a.exp().tolist()):
+            writer.add_scalar(f"alrao/posterior/head_{h}", a_h, step)
+        variance = self.td_variances()[j]
+        if variance is not None:
+            writer.add_scalar("alrao/heads_variance", variance, step)
+        frozen = sum(int((s["alrao_rate"][j] == 0).sum()) for s in self.optimizer.state.values())
+        writer.add_scalar("alrao/frozen_units", frozen, step)
+
     def td_variances(self) -> list[float | None]:
         if isinstance(self.variance, RunningVariance):
             return [None if math.isnan(v) else float(v) for v in self.variance.values]
@@ -378,9 +376,8 @@ class PopulationBuffer:
 
     @staticmethod
     def nbytes_for(members: int, obs_shape: tuple[int, ...], capacity: int) -> int:
-        """Bytes of the arrays of a buffer of this size."""
-        per = 2 * 4 * int(np.prod(obs_shape)) + 8 + 4 + 1
-        return members * capacity * per
+        """Bytes of the arrays of a buffer of this size (``members`` single buffers)."""
+        return members * replay_buffer.ReplayBuffer.bytes_needed(obs_shape, capacity)
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray) -> None:
@@ -494,7 +491,7 @@ class PopulationDQN:
         self.n_actions = int(probe.action_space.n)
         probe.close()
         self.memory_bytes = PopulationBuffer.nbytes_for(len(configs), self.obs_shape, self.capacity)
-        available = available_memory()
+        available = replay_buffer.available_memory()
         if available is not None and self.memory_bytes > 0.8 * available:
             raise ValueError(
                 f"the population's replay buffers need {self.memory_bytes / 2**30:.2f} GiB ({len(configs)} members x "
@@ -611,9 +608,7 @@ class PopulationDQN:
                                 writers[k].add_scalar("train/loss", float(losses[j]), step)
                                 writers[k].add_scalar("train/epsilon", epsilon, step)
                                 if isinstance(group, _AlraoGroup):
-                                    switch = group.online.switch
-                                    for h, a_h in enumerate(switch.posterior[j].tolist()):
-                                        writers[k].add_scalar(f"alrao/posterior/head_{h}", a_h, step)
+                                    group.log(writers[k], j, step)
                 # evaluate
                 if step % c0.eval_every == 0 or step == c0.total_steps:
                     results = self._evaluate(eval_envs, eval_seeds)
@@ -658,10 +653,59 @@ class PopulationDQN:
             summary["population"] = m
             if logdirs is not None:
                 write_run_outputs(logdirs[k], s.evals, summary)
+                # the member's final policy in its single run's checkpoint layout (alrao-evaluate reads it);
+                # resuming goes through the population's own checkpoint
+                save_checkpoint(os.path.join(logdirs[k], "checkpoint.pt"), {
+                    "config": _config_state(config), "agent": self.member_agent(k).state_dict(),
+                    "progress": {"step": s.step, "episodes": s.episodes, "updates": s.updates}, "population": m,
+                })
             summaries.append(summary)
         for env in (*envs, *eval_envs):
             env.close()
         return summaries
+
+    @torch.no_grad()
+    def member_agent(self, k: int) -> DQNAgent:
+        """Member ``k`` as the :class:`agents.dqn.DQNAgent` of its single run, with its current weights,
+        rates, switch and heads' variance (its greedy actions are the member's, bit for bit)."""
+        config = self.configs[k]
+        agent = DQNAgent(int(np.prod(self.obs_shape)), self.n_actions, config)
+        group = next(g for g in self.groups if k in g.members)
+        j = group.members.index(k)
+        for stacked, single in ((group.online, agent.q_net), (group.target, agent.target_net)):
+            names = iter(single.state_dict())
+            state = {}
+            for name, value in stacked.state_dict().items():
+                if "switch" in name and stacked is group.target:
+                    value = group.online.state_dict()[name]  # the target's switch is not used
+                state[next(names)] = value[j].clone()
+            single.load_state_dict(state)
+        if isinstance(group, _AlraoGroup):  # its own rates (as sampled), with the units frozen since
+            for q, stacked_q in zip(agent.q_net.parameters(), group.online.parameters(), strict=True):
+                frozen = group.optimizer.state[stacked_q]["alrao_rate"][j] == 0
+                rate = agent.optimizer.state[q]["alrao_rate"]
+                rate.masked_fill_(frozen.view_as(rate), 0.0)
+            value = group.td_variances()[j]
+            agent.variance = RunningVariance(value=value) if isinstance(group.variance, RunningVariance) else 1.0
+        return agent
+
+    def test(self, seeds: Sequence[Sequence[int]]) -> list[tuple[float, float, int, bool]]:
+        """Every member's current greedy policy on fresh environments, one episode per seed: the mean
+        and standard deviation of the returns, the number of distinct actions taken, and whether the
+        Q-values at the episodes' first observations are finite."""
+        envs = [make_env(c.env, c.seed, n_bins=c.n_bins) for c in self.configs]
+        try:
+            actions: list[set[int]] = [set() for _ in self.configs]
+            returns = self._evaluate(envs, [list(s) for s in seeds], actions)
+            first = np.zeros((self.members, max(len(s) for s in seeds), *self.obs_shape), dtype=np.float32)
+            for k, (env, member_seeds) in enumerate(zip(envs, seeds, strict=True)):
+                for i, seed in enumerate(member_seeds):
+                    first[k, i], _ = env.reset(seed=seed)
+            finite = torch.isfinite(self._q_values(torch.from_numpy(first))).flatten(1).all(dim=1).tolist()
+        finally:
+            for env in envs:
+                env.close()
+        return [(mean, std, len(a), f) for (mean, std), a, f in zip(returns, actions, finite, strict=True)]
 
     # --- pieces -------------------------------------------------------------------------------------
 
@@ -677,9 +721,12 @@ class PopulationDQN:
         """Every member's greedy action for its observation ``obs[k]``."""
         return self._q_values(torch.from_numpy(obs).unsqueeze(1))[:, 0].argmax(dim=1).numpy()
 
-    def _evaluate(self, envs: list[Any], seeds: list[list[int]]) -> list[tuple[float, float]]:
+    def _evaluate(
+        self, envs: list[Any], seeds: list[list[int]], actions_taken: list[set[int]] | None = None
+    ) -> list[tuple[float, float]]:
         """Greedy episodes of every member on its evaluation env, one per seed, in lockstep (as
-        :func:`agents.dqn.evaluate` for each member): mean and standard deviation of the returns."""
+        :func:`agents.dqn.evaluate` for each member): mean and standard deviation of the returns
+        (and the actions taken, into ``actions_taken``)."""
         m = self.members
         episode = [0] * m
         returns: list[list[float]] = [[] for _ in range(m)]
@@ -695,6 +742,8 @@ class PopulationDQN:
                 if not active[k]:
                     continue
                 obs[k], reward, terminated, truncated, _ = envs[k].step(int(actions[k]))
+                if actions_taken is not None:
+                    actions_taken[k].add(int(actions[k]))
                 total[k] += float(reward)
                 if terminated or truncated:
                     returns[k].append(total[k])

@@ -23,7 +23,9 @@ TensorBoard events and compare.json), results.csv (one row per run), report.md (
 the selected rate, mean +/- std of the test value, IQM with a 95% bootstrap CI, failed runs; the ratio
 of Alrao to the best SGD rate), curves.png, rates.png and posterior.png.
 
-Runs go in parallel (one process per core, one torch thread each; --backend ray for Ray tasks).
+Runs go in parallel (one process per core, one torch thread each). By default the DQN runs of alrao, sgd
+and adam are trained as populations (one batched network per process, every member equal to its run alone,
+bit for bit); --backend process trains every run alone, --backend ray sends the same units to Ray.
 Finished runs are found by the hash of their configuration and not run again (--force reruns them);
 an interrupted sweep continues where it stopped when the same command is run again.
 """
@@ -107,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--out", default=None, help="output folder (default: results/<env or task>)")
     how.add_argument("--workers", type=int, default=None,
                      help="runs in parallel (default: the usable cores; 1 runs them in this process)")
-    how.add_argument("--backend", choices=list(BACKENDS), default="process",
-                     help="process: a process pool here; ray: Ray tasks, from the optional extra 'ray' "
-                          "(default: process)")
+    how.add_argument("--backend", choices=list(BACKENDS), default="population",
+                     help="population: the DQN runs of alrao, sgd and adam trained as populations, one per "
+                          "worker process (each member equals its run alone, bit for bit); process: every run "
+                          "alone in a process pool; ray: the population units as Ray tasks, from the optional "
+                          "extra 'ray' (default: population)")
     how.add_argument("--ray-address", default=None,
                      help="an existing Ray cluster (default: a local instance; --out must be on a shared disk)")
     how.add_argument("--force", action="store_true", help="rerun the runs already finished in --out")

@@ -427,10 +427,9 @@ class AlraoModel(nn.Module):
 def _averaged_linear(z: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, members: int | None) -> Tensor:
     """``(sum_j a_j W_j) z + sum_j a_j b_j``: the heads averaged into one linear layer, then applied."""
     n, out, d = weight.shape[-3:]
-    if members is None:
-        a = a.view(1, n)
-        w = a.mm(weight.view(n, -1)).view(out, d)
-        return nn.functional.linear(z, w, None if bias is None else a.mm(bias).view(-1))
+    if members is None:  # as one member (batched kernels: the numbers of a population's members)
+        return _averaged_linear(z.unsqueeze(0), a.view(1, n), weight.unsqueeze(0),
+                                None if bias is None else bias.unsqueeze(0), 1).squeeze(0)
     a = a.view(members, 1, n)
     w = torch.bmm(a, weight.view(members, n, out * d)).view(members, out, d).transpose(1, 2)
     z3 = z.reshape(members, -1, d)

@@ -153,18 +153,19 @@ def test_run_sweep_calls_the_run_function_only_for_unfinished_runs(tmp_path: Pat
         Path(compare.run_dir(out, spec), "compare.json").write_text(json.dumps(record))
         return result
 
-    first = compare.run_sweep(specs, str(tmp_path), workers=1, progress=False, run_fn=fake_run)
+    first = compare.run_sweep(specs, str(tmp_path), backend="process", workers=1, progress=False, run_fn=fake_run)
     assert (first.ran, first.reused, len(calls)) == (4, 0, 4)
-    second = compare.run_sweep(specs, str(tmp_path), workers=1, progress=False, run_fn=fake_run)
+    second = compare.run_sweep(specs, str(tmp_path), backend="process", workers=1, progress=False, run_fn=fake_run)
     assert (second.ran, second.reused, len(calls)) == (0, 4, 4)
     assert [r.test for r in second.results] == [2.0] * 4
-    forced = compare.run_sweep(specs, str(tmp_path), workers=1, progress=False, run_fn=fake_run, force=True)
+    forced = compare.run_sweep(specs, str(tmp_path), backend="process", workers=1, progress=False, run_fn=fake_run,
+                               force=True)
     assert (forced.ran, len(calls)) == (4, 8)
 
 
 def test_an_unknown_backend_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     specs = compare.plan_runs("rl", "CartPole-v1", ["adam"], [0])
-    with pytest.raises(ValueError, match=r"^backend must be 'process' or 'ray', got 'slurm'$"):
+    with pytest.raises(ValueError, match=r"^backend must be 'population' or 'process' or 'ray', got 'slurm'$"):
         compare.run_sweep(specs, str(tmp_path), backend="slurm", progress=False)
     assert not os.listdir(tmp_path)  # refused before anything is written
 
@@ -439,3 +440,24 @@ def test_help_documents_every_option() -> None:
     for option in ("--env", "--seeds", "--total-steps", "--out", "--sgd-grid", "--methods", "--task", "--backend",
                    "--ray-address", "--force", "--workers", "--test-episodes", "--data-dir"):
         assert option in proc.stdout
+
+
+def test_the_population_backend_gives_the_results_of_runs_alone(tmp_path: Path) -> None:
+    """Every member of a population is its run alone, bit for bit: the same test returns, the same
+    evaluations, whatever the split into populations."""
+    options = {"total_steps": 1300, "eval_every": 650, "eval_episodes": 2, "learning_starts": 1000}
+    specs = compare.plan_runs("rl", "CartPole-v1", ["alrao", "sgd", "adam"], [0, 1], sgd_grid=[1e-2, 1.0],
+                              options=options, test_episodes=2)
+    alone = compare.run_sweep(specs, str(tmp_path / "process"), backend="process", workers=1, progress=False)
+    together = compare.run_sweep(specs, str(tmp_path / "population"), backend="population", workers=2,
+                                 progress=False)
+    for a, b in zip(alone.results, together.results, strict=True):
+        assert (a.method, a.lr, a.seed) == (b.method, b.lr, b.seed) and not a.error and not b.error
+        assert (a.selection, a.test, a.test_std, a.distinct_actions, a.outputs_finite) == (
+            b.selection, b.test, b.test_std, b.distinct_actions, b.outputs_finite)
+        evals = [Path(root, r.logdir, "evals.csv").read_text() for root, r in ((tmp_path / "process", a),
+                                                                                (tmp_path / "population", b))]
+        assert evals[0] == evals[1]
+    units = compare.work_units(specs, 2)  # two populations of four, each with every method
+    assert sorted(len(u) for u in units) == [4, 4] and sorted(i for u in units for i in u) == list(range(8))
+    assert all({specs[i].method for i in u} == {"alrao", "sgd", "adam"} for u in units)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -109,7 +113,7 @@ def test_members_may_differ_only_in_seed_method_and_lr(change: dict, match: str)
 
 
 def test_a_population_that_does_not_fit_in_memory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(population_module, "available_memory", lambda: 10**6)
+    monkeypatch.setattr(population_module.replay_buffer, "available_memory", lambda: 10**6)
     with pytest.raises(ValueError, match=r"--buffer-size"):
         PopulationDQN([DQNConfig(env="CartPole-v1", total_steps=100_000, seed=s) for s in range(3)])
 
@@ -138,3 +142,79 @@ def test_each_member_samples_its_replay_as_its_single_buffer_would() -> None:
         for got, want in zip(batch, expected, strict=True):
             torch.testing.assert_close(got[k], want)
 
+
+
+# --- the command line: run_dqn.py --seeds ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ["--env", "CartPole-v1", "--total-steps", "2500", "--learning-starts", "500", "--checkpoint-every", "200",
+       "--eval-every", "1000", "--eval-episodes", "2", "--no-progress"]  # fmt: skip
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_dqn.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_run_dqn_trains_several_seeds_as_one_population_each_equal_to_its_run_alone(tmp_path: Path) -> None:
+    from alrao_cli.run_dqn import main
+
+    argv = ["--env", "CartPole-v1", "--alrao", "--total-steps", "1200", "--learning-starts", "1000",
+            "--eval-every", "600", "--eval-episodes", "2", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--seeds", "0,2", "--logdir", str(tmp_path / "pop")]) == 0
+    assert main([*argv, "--seed", "2", "--logdir", str(tmp_path / "alone")]) == 0
+    assert (tmp_path / "pop" / "seed2" / "evals.csv").read_text() == (tmp_path / "alone" / "evals.csv").read_text()
+    member = load_checkpoint(tmp_path / "pop" / "seed2" / "checkpoint.pt")["agent"]["q_net"]
+    alone = load_checkpoint(tmp_path / "alone" / "checkpoint.pt")["agent"]["q_net"]
+    assert all(torch.equal(member[k], alone[k]) for k in alone)
+    assert (tmp_path / "pop" / "checkpoint.pt").exists()  # the population's own, to resume it
+
+
+@pytest.mark.parametrize("bad", ["0,x", "1,1", "-1", ""])
+def test_bad_seeds_exit_2_with_one_line(bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alrao_cli.run_dqn import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--env", "CartPole-v1", "--seeds", bad, "--logdir", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seeds" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_population_killed_with_sigkill_resumes_with_the_results_of_one_never_killed(tmp_path: Path) -> None:
+    """kill -9 after a checkpoint (any step, mid-episode: environments are restored by replaying their
+    episode); --resume then ends with the very weights and evaluations of an uninterrupted population."""
+    argv = [*CLI, "--optimizer", "adam", "--seeds", "0,1,2"]
+    full = _cli(*argv, "--logdir", str(tmp_path / "full"))
+    killed = _cli(*argv, "--logdir", str(tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not (ckpt.exists() and load_checkpoint(ckpt)["progress"][0]["step"] >= 1100):
+        assert killed.poll() is None, killed.stderr.read() if killed.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(30) == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    step = load_checkpoint(ckpt)["progress"][0]["step"]
+    assert 1100 <= step < 2500 and not (tmp_path / "run" / "seed0" / "summary.json").exists()
+    resumed = _cli(*argv, "--logdir", str(tmp_path / "run"), "--resume")
+    assert resumed.wait(300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert full.wait(300) == 0
+    for k in range(3):
+        a = load_checkpoint(tmp_path / "full" / f"seed{k}" / "checkpoint.pt")["agent"]["q_net"]
+        b = load_checkpoint(tmp_path / "run" / f"seed{k}" / "checkpoint.pt")["agent"]["q_net"]
+        assert all(torch.equal(a[key], b[key]) for key in a), k
+        evals = [(tmp_path / d / f"seed{k}" / "evals.csv").read_text() for d in ("full", "run")]
+        assert evals[0] == evals[1]
+
+
+def test_a_member_exported_as_its_single_agent_acts_as_the_member() -> None:
+    pop = PopulationDQN([DQNConfig(method=m, seed=s, lr=1e-2 if m == "sgd" else None, **SHORT)
+                         for m, s in (("alrao", 0), ("sgd", 1), ("adam", 2))])
+    pop.train(None, None, progress=False)
+    obs = torch.randn(3, 5, 4)
+    q = pop._q_values(obs)
+    for k in range(3):
+        agent = pop.member_agent(k)
+        assert torch.equal(agent.q_values(obs[k]), q[k])

@@ -42,6 +42,7 @@ text of ``report.md``), :mod:`~agents.compare.plots` (the figures), :mod:`~agent
 (:func:`write_report`: all of them).
 """
 
+from .backends import work_units
 from .outputs import write_report
 from .plan import (
     BASE_METHODS,
@@ -63,7 +64,7 @@ from .plan import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .plan import RANDOM_SEED_BASE as RANDOM_SEED_BASE
 from .plan import TEST_SEED_BASE as TEST_SEED_BASE
 from .report import SweepInfo, write_results_csv
-from .runs import RunResult, execute_run, load_finished, load_supervised_data
+from .runs import RunResult, execute_population, execute_run, load_finished, load_supervised_data
 from .stats import (
     MethodSummary,
     Metric,
@@ -93,6 +94,7 @@ __all__ = [
     "bootstrap_ci",
     "check_methods",
     "dqn_config",
+    "execute_population",
     "execute_run",
     "failure_reason",
     "iqm",
@@ -110,6 +112,7 @@ __all__ = [
     "train_config",
     "uniform_loss",
     "usable_cores",
+    "work_units",
     "write_report",
     "write_results_csv",
 ]

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from .plan import PEERS, RunSpec, dqn_config, run_dir, test_seeds, train_config
+from .plan import BASE_METHODS, PEERS, RunSpec, dqn_config, run_dir, test_seeds, train_config
 
 
 @dataclass
@@ -238,6 +240,54 @@ def execute_run(spec: RunSpec, out: str) -> RunResult:
         record = {"config_hash": spec.config_hash(), "spec": asdict(spec), "result": result.to_json()}
         _atomic_json(os.path.join(logdir, "compare.json"), json.loads(json.dumps(record, default=repr)))
     return result
+
+
+def population_member(spec: RunSpec) -> bool:
+    """Whether ``spec`` can be trained as a member of a population (:mod:`agents.population`): an RL
+    run of Alrao, SGD or Adam."""
+    return spec.task == "rl" and spec.method in BASE_METHODS
+
+
+def execute_population(specs: Sequence[RunSpec], out: str) -> list[RunResult]:
+    """Train ``specs`` (RL runs sharing everything but seed, method and rate) as one population, test
+    every member as :func:`execute_run` tests a run, and record each one's ``compare.json``.
+
+    The population's checkpoint lives in ``out/runs/populations/<hash of its members>``: the same
+    members run again resume it. An exception becomes a failed result for every member.
+
+    :param specs: the members.
+    :param out: the sweep's output folder.
+    """
+    from agents.population import PopulationDQN
+
+    logdirs = [run_dir(out, spec) for spec in specs]
+    members = hashlib.sha256(" ".join(sorted(s.config_hash() for s in specs)).encode()).hexdigest()[:16]
+    checkpoint_dir = os.path.join(out, "runs", "populations", members)
+    resume = os.path.exists(os.path.join(checkpoint_dir, "checkpoint.pt"))
+    for logdir in logdirs:
+        if not resume and os.path.isdir(logdir):  # an unfinished run of another kind: start afresh
+            shutil.rmtree(logdir)
+        os.makedirs(logdir, exist_ok=True)
+    try:
+        population = PopulationDQN([dqn_config(spec) for spec in specs])
+        summaries = population.train(logdirs, checkpoint_dir, resume=resume, progress=False)
+        if any(s["interrupted"] for s in summaries):
+            raise InterruptedError(f"stopped at step {summaries[0]['total_steps']}")
+        tests = population.test([test_seeds(spec.seed, spec.test_episodes) for spec in specs])
+    except Exception as e:  # a crash is failed runs to report, not a reason to lose the sweep
+        error = _one_line(f"{type(e).__name__}: {e}")
+        return [RunResult(s.method, s.lr, s.seed, math.nan, math.nan, error=error, logdir=os.path.relpath(d, out))
+                for s, d in zip(specs, logdirs, strict=True)]
+    results = []
+    for spec, logdir, summary, (mean, std, actions, finite) in zip(specs, logdirs, summaries, tests, strict=True):
+        result = RunResult(spec.method, spec.lr, spec.seed, selection=_finite(summary["final_eval_return_mean"]),
+                           test=mean, test_std=std, wall_seconds=_finite(summary["wall_seconds"]),
+                           logdir=os.path.relpath(logdir, out), outputs_finite=finite, distinct_actions=actions)
+        record = {"config_hash": spec.config_hash(), "spec": asdict(spec), "result": result.to_json()}
+        _atomic_json(os.path.join(logdir, "compare.json"), json.loads(json.dumps(record, default=repr)))
+        results.append(result)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # every member is recorded: nothing to resume
+    return results
 
 
 def load_finished(out: str, spec: RunSpec) -> RunResult | None:

@@ -47,7 +47,7 @@ def run_sweep(
     specs: Sequence[RunSpec],
     out: str,
     *,
-    backend: str = "process",
+    backend: str = "population",
     workers: int | None = None,
     force: bool = False,
     ray_address: str | None = None,
@@ -58,9 +58,10 @@ def run_sweep(
 
     :param specs: the runs (:func:`plan_runs`).
     :param out: output folder.
-    :param backend: a name in :data:`~agents.compare.backends.BACKENDS`: ``"process"`` (a process pool
-        on this machine; one worker runs in this process) or ``"ray"`` (Ray tasks; ``out`` must then be
-        on a file system every Ray node sees).
+    :param backend: a name in :data:`~agents.compare.backends.BACKENDS`: ``"population"`` (RL runs of
+        Alrao, SGD and Adam as populations in a process pool), ``"process"`` (every run alone in a process
+        pool on this machine; one worker runs in this process) or ``"ray"`` (the population units as Ray
+        tasks; ``out`` must then be on a file system every Ray node sees).
     :param workers: parallel runs (default: the usable cores; for Ray, the CPUs of a local instance).
     :param force: rerun finished runs.
     :param ray_address: address of an existing Ray cluster (default: start a local instance).
