@@ -142,6 +142,10 @@ class DQNConfig:
     """Alrao: freeze a unit once one of its weights exceeds this (None: only non-finite ones)."""
     averaging: str = "filtered"
     """Alrao: 'filtered' or 'predictive' switch posterior for acting, targets and loss."""
+    head_step: str = "normalized"
+    """Alrao: each head's own step 'normalized' (divided by the trace of its curvature, E||[z, 1]||^2 /
+    sigma^2, so that the heads' rates keep their meaning while the body's features grow) or 'plain'
+    (Algorithm 1's eta_j grad)."""
     checkpoint_every: int = 10_000
     """steps between checkpoints (written at the next episode end)."""
 
@@ -193,6 +197,8 @@ class DQNConfig:
             raise ValueError(f"td_variance must be 'unit' or 'running', got {self.td_variance!r}")
         if self.averaging not in ("filtered", "predictive"):
             raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
+        if self.head_step not in ("normalized", "plain"):
+            raise ValueError(f"head_step must be 'normalized' or 'plain', got {self.head_step!r}")
 
     @property
     def effective_lr(self) -> float:
@@ -230,7 +236,8 @@ def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module
     body = nn.Sequential(nn.Linear(obs_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
     head = nn.Linear(h2, n_actions)
     if config.method == "alrao":
-        return AlraoModel(body, head, n_heads=config.heads, task="regression", averaging=config.averaging)
+        return AlraoModel(body, head, n_heads=config.heads, task="regression", averaging=config.averaging,
+                          head_step=config.head_step)
     return nn.Sequential(body, head)
 
 
@@ -380,6 +387,7 @@ COMPATIBLE_KEYS = (
     "exploration_steps",
     "max_weight",
     "averaging",
+    "head_step",
     "eval_every",
     "eval_episodes",
 )
@@ -393,7 +401,10 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
 
 def _as_used(state: dict[str, Any]) -> dict[str, Any]:
     """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
-    a run started with the default and resumed with it written out is the same run."""
+    a run started with the default and resumed with it written out is the same run. A run saved before the
+    normalized head step existed (no ``head_step``) took plain steps."""
+    if "head_step" not in state:
+        state = {**state, "head_step": "plain"}
     if state.get("lr") is None and state.get("method") in METHODS:
         return {**state, "lr": 1.0 if state["method"] == "alrao" else 1e-3}
     return state

@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -520,6 +520,7 @@ class PopulationDQN:
         *,
         resume: bool = False,
         progress: bool = True,
+        on_update: Callable[[int, PopulationDQN, tuple[Tensor, ...]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Train every member; return their summaries (as :func:`agents.dqn.train` returns one).
 
@@ -527,6 +528,9 @@ class PopulationDQN:
         :param checkpoint_dir: folder of the population's ``checkpoint.pt`` (None: no checkpoints).
         :param resume: continue from ``checkpoint_dir/checkpoint.pt`` (same members required).
         :param progress: show a progress bar.
+        :param on_update: called as ``on_update(step, population, batch)`` after every gradient step of
+            the population (``batch``: the ``[M, B, ...]`` minibatch it trained on), e.g. to record
+            diagnostics (:class:`agents.probe.HeadProbe`).
         """
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
@@ -609,6 +613,8 @@ class PopulationDQN:
                                 writers[k].add_scalar("train/epsilon", epsilon, step)
                                 if isinstance(group, _AlraoGroup):
                                     group.log(writers[k], j, step)
+                    if on_update is not None:
+                        on_update(step, self, batch)
                 # evaluate
                 if step % c0.eval_every == 0 or step == c0.total_steps:
                     results = self._evaluate(eval_envs, eval_seeds)

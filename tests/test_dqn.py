@@ -223,3 +223,23 @@ def test_logdir_that_is_a_file_or_holds_a_run_is_refused(tmp_path: Path) -> None
     proc = _script("--logdir", str(run))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "already holds a run" in err and (run / "summary.json").read_text() == "{}"
+
+
+def test_a_run_saved_before_the_normalized_head_step_resumes_only_with_plain_steps(tmp_path: Path) -> None:
+    """Versioned migration: a checkpoint whose config has no head_step (and whose heads have no
+    dead_features buffer) was trained with plain head steps."""
+    from alrao_rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    config = DQNConfig(env="CartPole-v1", total_steps=300, learning_starts=100, eval_every=300, eval_episodes=1,
+                       checkpoint_every=100, head_step="plain")
+    train(config, str(tmp_path), progress=False)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    del saved["config"]["head_step"]
+    for net in ("q_net", "target_net"):
+        del saved["agent"][net]["heads.dead_features"]
+    save_checkpoint(tmp_path / "checkpoint.pt", saved)
+    longer = {**vars(config), "total_steps": 400}
+    with pytest.raises(CheckpointError, match="head_step: saved='plain' current='normalized'"):
+        train(DQNConfig(**{**longer, "head_step": "normalized"}), str(tmp_path), resume=True, progress=False)
+    summary = train(DQNConfig(**longer), str(tmp_path), resume=True, progress=False)
+    assert summary["total_steps"] == 400
