@@ -199,7 +199,7 @@ class _AlraoGroup(_Group):
         n_actions = agents[0].q_net.heads.out_features
         body = _stacked_mlp([obs_dim, h1, h2], p, activate_last=True)
         self.online = AlraoModel(body, nn.Linear(h2, n_actions), c0.heads, "regression", averaging=c0.averaging,
-                                 members=p)
+                                 head_step=c0.head_step, members=p)
         self.optimizer = AlraoSGD(self.online, eta_min=c0.eta_min, eta_max=c0.eta_max, seed=0,
                                   max_weight=c0.max_weight)
         with torch.no_grad():

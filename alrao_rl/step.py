@@ -53,6 +53,7 @@ from .variance import RunningVariance
 __all__ = ["AlraoStep", "StepResult"]
 
 _RATE = "alrao_rate"
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class StepResult(NamedTuple):
@@ -228,7 +229,7 @@ class AlraoStep:
         ``/ sigma^2`` for regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized step (whose
         ``sigma^2`` cancels the likelihood's ``1/sigma^2``)."""
         if self.model.head_step == "normalized":
-            return b.curvature_trace().mul_(b.m).reciprocal_().view(-1, 1, 1)
+            return b.member_factor(1.0 / (b.m * b.curvature_trace()))
         return b.member_factor(1.0 / (b.m * var))
 
     def _head_rates(self, b: _Batch) -> tuple[Tensor, Tensor]:
@@ -312,9 +313,9 @@ class _Batch:
         self.flat_index = None
         if index is not None:  # column of head j's selected output in the [P, M, N*out] outputs
             offsets = step._cache.get("offsets")
-            if offsets is None or offsets.numel() != self.n:
-                offsets = step._cache["offsets"] = torch.arange(0, self.n * self.c, self.c, device=z3.device)
-            self.flat_index = index.view(self.p, self.m, 1) + offsets
+            if offsets is None or offsets.size != self.n:
+                offsets = step._cache["offsets"] = np.arange(0, self.n * self.c, self.c)
+            self.flat_index = torch.from_numpy(index.numpy().reshape(self.p, self.m, 1) + offsets)
         self.set_features(z3)
 
     def set_features(self, z3: Tensor) -> None:
@@ -396,8 +397,8 @@ class _Batch:
         return ll
 
     def member_factor(self, values: np.ndarray) -> Tensor:
-        """Per-member numbers ``[P]`` as a ``[P, 1, 1]`` tensor of the model's dtype."""
-        return torch.from_numpy(values).to(self.zd.dtype).view(self.p, 1, 1)
+        """Per-member numbers ``[P]`` (float64) as a ``[P, 1, 1]`` tensor of the model's dtype."""
+        return torch.from_numpy(values.astype(_NUMPY[self.zd.dtype]).reshape(self.p, 1, 1))
 
     # --- gradients -----------------------------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class _Batch:
         q = joint.sub_(top).exp_()
         total = q.sum(dim=2, keepdim=True)
         self.q = q.div_(total)
-        log_mixture = total.log_().add_(top).sum(dim=(1, 2)).numpy().astype(np.float64) / self.m
+        log_mixture = (np.log(total.numpy(), dtype=np.float64) + top.numpy()).sum(axis=(1, 2)) / self.m
         return -(log_mixture + self.const)
 
     def body_gradient(self, var: np.ndarray) -> Tensor:
@@ -439,11 +440,11 @@ class _Batch:
         grad_w = torch.bmm(g.transpose(1, 2), self.zd)
         return grad_w, (g.sum(dim=1) if self.b3 is not None else None)
 
-    def curvature_trace(self) -> Tensor:
-        """``E_b ||[z_b, 1]||^2`` per member ``[P]`` (the ``1`` when the heads have biases)."""
+    def curvature_trace(self) -> np.ndarray:
+        """``E_b ||[z_b, 1]||^2`` per member, float64 ``[P]`` (the ``1`` when the heads have biases)."""
         z = self.zd.reshape(self.p, -1)
-        trace = torch.linalg.vecdot(z, z).div_(self.m)
-        return trace.add_(1.0) if self.b3 is not None else trace
+        trace = torch.linalg.vecdot(z, z).numpy().astype(np.float64) / self.m
+        return trace + 1.0 if self.b3 is not None else trace
 
 
 def _head_views(cache: dict[str, Any], weight: Tensor, bias: Tensor | None, p: int) -> tuple:

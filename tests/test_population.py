@@ -79,6 +79,19 @@ def test_a_diverging_member_leaves_the_others_untouched() -> None:
             assert torch.equal(a, b), (k, name)
 
 
+def test_a_population_of_plain_head_steps_equals_its_single_runs(tmp_path: Path) -> None:
+    configs = [DQNConfig(method="alrao", head_step="plain", seed=s, **SHORT) for s in (0, 1)]
+    pop = PopulationDQN(configs)
+    pop.train(None, None, progress=False)
+    assert pop.groups[0].online.head_step == "plain"
+    for k, config in enumerate(configs):
+        train(config, str(tmp_path / f"single{k}"), progress=False)
+        saved = load_checkpoint(tmp_path / f"single{k}" / "checkpoint.pt")["agent"]["q_net"]
+        singles = [v for n, v in saved.items() if v.dtype.is_floating_point and "switch" not in n]
+        for s, p in zip(singles, _member_state(pop, k).values(), strict=True):
+            assert torch.equal(p, s), f"member {k}"
+
+
 def test_the_population_resumes_exactly(tmp_path: Path) -> None:
     """Stopped mid-episode (environments restored by replaying their episode), resumed: the same
     weights, replay and evaluations as a population never stopped."""
