@@ -10,19 +10,15 @@ torch.manual_seed(0)
 body = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
 model = alrao_rl.AlraoModel(body, head=nn.Linear(64, 3), n_heads=10, task="classification")
 opt = alrao_rl.AlraoSGD(model, eta_min=1e-5, eta_max=10.0, seed=0)  # one rate per unit, no lr to pick
+step = alrao_rl.AlraoStep(model, opt)  # the fused training step
 
 gen = torch.Generator().manual_seed(0)
 teacher = torch.randn(20, 3, generator=gen)
 for _step in range(2000):
     x = torch.randn(64, 20, generator=gen)
     y = (x @ teacher).argmax(dim=1)
-    out = model(x)                      # per-head outputs + the switch-averaged prediction
-    loss, head_ll = model.loss(out, y)  # mixture NLL; its backward is Algorithm 1's gradients
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    model.switch.update(head_ll)        # the switch sees each head's minibatch log-likelihood
+    result = step(x, y)  # Algorithm 1: body on the mixture's gradient, head j on its own; switch update
 
 x = torch.randn(1000, 20, generator=gen)
 accuracy = (model.predict(x).argmax(dim=1) == (x @ teacher).argmax(dim=1)).float().mean()
-print(f"loss {loss.item():.3f}, accuracy {accuracy:.3f}, head weights {model.switch.posterior.numpy().round(2)}")
+print(f"loss {result.loss:.3f}, accuracy {accuracy:.3f}, head weights {model.switch.posterior.numpy().round(2)}")

@@ -423,7 +423,7 @@ def test_alrao_dqn_with_eta_max_1e4_keeps_loss_switch_output_and_checkpoint_fini
 
     config = DQNConfig(
         env="CartPole-v1", eta_max=1e4, total_steps=1500, learning_starts=100, eval_every=500, eval_episodes=2,
-        buffer_size=2000, checkpoint_every=500,
+        buffer_size=2000, checkpoint_every=500, train_freq=1, hidden=(64, 64), batch_size=64,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # diverging heads are reported, and must be survived

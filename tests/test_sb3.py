@@ -107,7 +107,7 @@ def test_train_step_is_the_projects_dqn_step(td_variance: str) -> None:
     """One AlraoDQN gradient step == agents.dqn.DQNAgent.train_step on the same weights and batch."""
     model = _model(policy_kwargs={"net_arch": [64, 64], "n_heads": 10}, td_variance=td_variance)
     model.learn(150)  # fills the buffer, trains 50 steps
-    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, td_variance=td_variance))
+    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, td_variance=td_variance, hidden=(64, 64)))
     agent.q_net.load_state_dict(model.q_net.alrao_model.state_dict())
     agent.target_net.load_state_dict(model.q_net_target.alrao_model.state_dict())
     agent.optimizer.load_state_dict(model.policy.optimizer.state_dict())

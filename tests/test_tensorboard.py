@@ -22,7 +22,8 @@ from alrao_rl.checkpoint import load_checkpoint
 
 # Gradient steps from step 101: scalars every 100 updates, at steps 200, 300 and 400 (the last step).
 TINY: dict[str, Any] = {"env": "CartPole-v1", "total_steps": 400, "learning_starts": 100, "eval_every": 400,
-                        "eval_episodes": 1, "buffer_size": 1000, "heads": 4}
+                        "eval_episodes": 1, "buffer_size": 1000, "heads": 4, "train_freq": 1, "hidden": (64, 64),
+                        "batch_size": 64}
 
 
 @pytest.fixture(autouse=True)
