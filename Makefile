@@ -29,5 +29,5 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_step.py
-	$(BIN)/python benchmarks/bench_floor.py
+	$(BIN)/python benchmarks/bench_population.py
 	$(BIN)/python benchmarks/bench_dqn.py

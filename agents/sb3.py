@@ -388,7 +388,11 @@ class AlraoDQN(DQN):
         if self.td_variance == "running":
             variance = RunningVariance(value=self.heads_variance)
         # clipping needs every gradient before the step: only then the loss-backward-step path
-        step = AlraoStep(model, optimizer) if not math.isfinite(self.max_grad_norm) else None
+        step = None
+        if not math.isfinite(self.max_grad_norm):
+            step = getattr(self, "_alrao_step", None)
+            if step is None or step.model is not model or step.optimizer is not optimizer:  # (a loaded model)
+                step = self._alrao_step = AlraoStep(model, optimizer)
         losses = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -427,7 +431,7 @@ class AlraoDQN(DQN):
             self.logger.record(key, a_j)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_posterior_keys"]
+        return [*super()._excluded_save_params(), "_posterior_keys", "_alrao_step"]
 
     def learn(
         self: SelfAlraoDQN,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,6 +52,11 @@ from .optim import AlraoAdam, AlraoSGD
 from .variance import RunningVariance
 
 __all__ = ["AlraoStep", "StepResult"]
+
+try:  # the engine call torch.autograd.grad makes after checking its arguments (torch >= 2.3)
+    from torch.autograd.graph import _engine_run_backward as _run_backward
+except ImportError:  # pragma: no cover
+    _run_backward = None
 
 _RATE = "alrao_rate"
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -153,7 +159,7 @@ class AlraoStep:
             loss = b.mixture()
             grad_z = b.body_gradient(var)
             own = b.own_gradient()
-            body_grads = torch.autograd.grad(z3, self._body, grad_z, allow_unused=True) if self._body else ()
+            body_grads = _body_gradients(z3, self._body, grad_z) if self._body else ()
             self._update(b, body_grads, own, var, skip)
         if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
             ll = np.where(heads.dead.view(p, b.n).numpy(), -np.inf, ll)
@@ -445,6 +451,15 @@ class _Batch:
         z = self.zd.reshape(self.p, -1)
         trace = torch.linalg.vecdot(z, z).numpy().astype(np.float64) / self.m
         return trace + 1.0 if self.b3 is not None else trace
+
+
+def _body_gradients(z: Tensor, params: Sequence[Tensor], grad_z: Tensor) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(z, params, grad_z, allow_unused=True)``, calling the autograd engine as that
+    function does once it has checked its arguments (its checks cost more than a small MLP's backward);
+    the public function where the engine's entry point is not there."""
+    if _run_backward is None:
+        return torch.autograd.grad(z, params, grad_z, allow_unused=True)
+    return _run_backward((z,), (grad_z,), False, False, tuple(params), True, False)
 
 
 def _head_views(cache: dict[str, Any], weight: Tensor, bias: Tensor | None, p: int) -> tuple:

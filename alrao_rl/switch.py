@@ -236,8 +236,10 @@ class Switch(nn.Module):
         cache = self._scratch.averaging
         cached = cache.get(key)
         if cached is None:
-            if device.type == "cpu" and dtype in _NUMPY_DTYPES:  # numpy: no torch call on the hot path
-                log_a = source.detach().numpy().astype(_NUMPY_DTYPES[dtype])
+            if device.type == "cpu" and dtype in _NUMPY_DTYPES and source.device.type == "cpu":
+                # numpy on the cached views of the buffers: no torch call on the hot path
+                host = self._host_buffers(self._scratch)[2 if filtered else 1]
+                log_a = host.astype(_NUMPY_DTYPES[dtype])
                 cached = (torch.from_numpy(log_a), torch.from_numpy(np.exp(log_a)))
             else:
                 log_a = source.to(device=device, dtype=dtype)

@@ -41,8 +41,8 @@ HIDDEN = (64, 64)
 # (numerator, denominator, target): numerator steps/s / denominator steps/s should be >= target.
 RATIOS: tuple[tuple[str, str, float], ...] = (
     ("project-adam", "sb3-dqn", 1.5),
-    ("project-alrao", "project-adam", 0.8),
-    ("alrao-dqn", "sb3-dqn", 0.85),
+    ("project-alrao", "project-adam", 0.95),
+    ("alrao-dqn", "sb3-dqn", 0.95),
 )
 
 

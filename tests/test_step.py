@@ -242,3 +242,19 @@ def test_a_nan_in_the_batch_skips_the_step_and_freezes_nothing(task: str, opt_cl
         torch.testing.assert_close(value, before[name], msg=name, equal_nan=True)
     x[0, 0] = 0.0
     assert not step(x, y).skipped and opt.frozen_units() == 0
+
+
+def test_the_body_gradients_are_autograd_grads() -> None:
+    """The fused step calls the autograd engine directly: the gradients are torch.autograd.grad's."""
+    from alrao_rl.step import _body_gradients
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 5), nn.Tanh())
+    unused = nn.Parameter(torch.ones(2))
+    params = [*body.parameters(), unused]
+    x, g = torch.randn(7, 3), torch.randn(7, 5)
+    fast = _body_gradients(body(x), params, g)
+    slow = torch.autograd.grad(body(x), params, g, allow_unused=True)
+    assert fast[-1] is None and slow[-1] is None
+    for a, b in zip(fast[:-1], slow[:-1], strict=True):
+        assert torch.equal(a, b)
