@@ -17,6 +17,11 @@ run), on CartPole-v1 and Pendulum-v1. ``--scaling`` also measures the population
     python benchmarks/bench_population.py                        # the cases, 2 rounds
     python benchmarks/bench_population.py --scaling --out docs/results/population
     python benchmarks/bench_population.py --json                 # one JSON object
+    python benchmarks/bench_population.py --small                # the 64-64 network, trained every step
+
+With the default DQN network (256-256, batch 128, a gradient step every 4 env steps) a run alone is
+already bound by its matmuls, which a population cannot shrink; with ``--small`` a run is bound by
+per-call overhead, which a population shares among its members.
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ from agents.population import PopulationDQN
 GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
+NETWORK: dict[str, object] = {}
+"""DQNConfig overrides of every member (``--small``: the 64-64 network trained at every step)."""
+
+
 def members(env: str, kind: str, seeds: int, steps: int) -> list[DQNConfig]:
     """``kind``: ``"sgd"`` (the grid), ``"all"`` (Alrao, the SGD grid, Adam) or ``"alrao"``, for each seed."""
-    common = {"env": env, "total_steps": steps, "eval_every": steps, "checkpoint_every": 10**9}
+    common = {"env": env, "total_steps": steps, "eval_every": steps, "checkpoint_every": 10**9, **NETWORK}
     out = []
     for seed in range(seeds):
         if kind in ("all", "alrao"):
@@ -116,7 +125,12 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="also measure M = 1 .. 128 and plot it")
     parser.add_argument("--out", default=None, help="folder of the scaling plot")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--small", action="store_true",
+                        help="members with the 64-64 network, batch 64, a gradient step every env step (the "
+                             "defaults before LunarLander's: a step costs calls, not arithmetic)")
     args = parser.parse_args()
+    if args.small:
+        NETWORK.update(hidden=(64, 64), batch_size=64, train_freq=1)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RuntimeWarning)  # diverging SGD members
     cases = (("M=21: SGD x 7 rates x 3 seeds", "sgd", 3, 5.0), ("M=27: the default comparison, 3 seeds", "all", 3, 5.0),

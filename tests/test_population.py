@@ -79,6 +79,17 @@ def test_a_diverging_member_leaves_the_others_untouched() -> None:
             assert torch.equal(a, b), (k, name)
 
 
+@pytest.mark.parametrize("method", ["alrao", "sgd", "adam"])
+def test_a_population_of_one_is_its_single_run(method: str, tmp_path: Path) -> None:
+    config = DQNConfig(method=method, lr=1e-2 if method == "sgd" else None, seed=5, **SHORT)
+    pop = PopulationDQN([config])
+    pop.train(None, None, progress=False)
+    train(config, str(tmp_path), progress=False)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["agent"]["q_net"]
+    singles = [v for n, v in saved.items() if v.dtype.is_floating_point and "switch" not in n]
+    assert all(torch.equal(p, s) for s, p in zip(singles, _member_state(pop, 0).values(), strict=True))
+
+
 def test_a_population_of_plain_head_steps_equals_its_single_runs(tmp_path: Path) -> None:
     configs = [DQNConfig(method="alrao", head_step="plain", seed=s, **SHORT) for s in (0, 1)]
     pop = PopulationDQN(configs)
