@@ -1,0 +1,30 @@
+"""Long learning checks (``pytest -m slow``): Alrao-DQN learns, and its switch does not end on the slowest head."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from agents.dqn import DQNConfig
+from agents.population import PopulationDQN
+from agents.probe import HeadProbe
+
+
+@pytest.mark.slow
+def test_alrao_dqn_learns_cartpole_and_its_switch_does_not_end_at_eta_min() -> None:
+    """With normalized head steps the heads' rates keep their meaning while the body's features grow:
+    the switch's winner is a head whose rate suits the task, not head 0 (the slowest, ``eta_min``),
+    where plain steps put it in every run of issue 14's measurements."""
+    torch.set_num_threads(1)
+    configs = [DQNConfig(env="CartPole-v1", method="alrao", seed=s, total_steps=50_000, eval_every=10_000)
+               for s in range(3)]
+    probe = HeadProbe(every=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        summaries = PopulationDQN(configs).train(None, None, progress=False, on_update=probe)
+    last_step = max(r["step"] for r in probe.rows)
+    winners = [r["winner"] for r in probe.rows if r["step"] == last_step]
+    assert len(winners) == 3 and 0 not in winners, winners
+    assert max(s["best_eval_return_mean"] for s in summaries) >= 195.0
