@@ -225,9 +225,9 @@ def test_logdir_that_is_a_file_or_holds_a_run_is_refused(tmp_path: Path) -> None
     assert proc.returncode == 2 and "already holds a run" in err and (run / "summary.json").read_text() == "{}"
 
 
-def test_a_run_saved_before_the_normalized_head_step_resumes_only_with_plain_steps(tmp_path: Path) -> None:
+def test_a_run_saved_before_head_step_existed_resumes_with_plain_steps(tmp_path: Path) -> None:
     """Versioned migration: a checkpoint whose config has no head_step (and whose heads have no
-    dead_features buffer) was trained with plain head steps."""
+    dead_features buffer) was trained with plain head steps, and resumes as such."""
     from alrao_rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     config = DQNConfig(env="CartPole-v1", total_steps=300, learning_starts=100, eval_every=300, eval_episodes=1,
