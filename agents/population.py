@@ -164,7 +164,7 @@ class _Group:
 
     def __init__(self, members: list[int], agents: list[DQNAgent], configs: list[DQNConfig]) -> None:
         self.members = members
-        self.index = torch.tensor(members)
+        self.slots = slice(0, len(members))  # its rows in the population's slot order (set by the population)
         self.configs = configs
         self.tau = configs[0].tau
         self.gamma = configs[0].gamma
@@ -510,6 +510,12 @@ class PopulationDQN:
         for cls, members in ((_AlraoGroup, alrao), (_PlainGroup, plain)):
             if members:
                 self.groups.append(cls(members, [agents[k] for k in members], [configs[k] for k in members]))
+        # Slot order: each group's members side by side, so that a group reads its rows of a batch as a view
+        self.order = np.array([k for g in self.groups for k in g.members])
+        start = 0
+        for group in self.groups:
+            group.slots = slice(start, start + len(group.members))
+            start = group.slots.stop
 
     @property
     def members(self) -> int:
@@ -531,8 +537,9 @@ class PopulationDQN:
         :param resume: continue from ``checkpoint_dir/checkpoint.pt`` (same members required).
         :param progress: show a progress bar.
         :param on_update: called as ``on_update(step, population, batch)`` after every gradient step of
-            the population (``batch``: the ``[M, B, ...]`` minibatch it trained on), e.g. to record
-            diagnostics (:class:`agents.probe.HeadProbe`).
+            the population (``batch``: the ``[M, B, ...]`` minibatch it trained on, its rows in slot
+            order: group ``g`` reads ``batch[i][g.slots]``), e.g. to record diagnostics
+            (:class:`agents.probe.HeadProbe`).
         """
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
@@ -542,7 +549,8 @@ class PopulationDQN:
             raise ValueError(f"logdirs must have one folder per member ({m}), got {len(logdirs)}")
         envs = [make_env(c.env, c.seed, n_bins=c.n_bins) for c in configs]
         eval_envs = [make_env(c.env, c.seed, n_bins=c.n_bins) for c in configs]
-        buffer = PopulationBuffer(m, self.obs_shape, self.capacity, [c.seed for c in configs])
+        order = self.order
+        buffer = PopulationBuffer(m, self.obs_shape, self.capacity, [configs[k].seed for k in order])  # slot order
         rngs = [np.random.default_rng(c.seed) for c in configs]
         states = [_MemberProgress() for _ in configs]
         obs = np.zeros((m, *self.obs_shape), dtype=np.float32)
@@ -598,7 +606,7 @@ class PopulationDQN:
                     rewards[k], terminated[k], done[k] = reward, term, term or trunc
                     states[k].episode_actions.append(int(actions[k]))
                     states[k].episode_return += float(reward)
-                buffer.add(obs, actions, rewards, next_obs, terminated)
+                buffer.add(obs[order], actions[order], rewards[order], next_obs[order], terminated[order])
                 obs[:] = next_obs
                 step += 1
                 for s in states:
@@ -607,7 +615,7 @@ class PopulationDQN:
                 if step > c0.learning_starts and step % c0.train_freq == 0:
                     batch = buffer.sample(c0.batch_size)
                     for group in self.groups:
-                        losses = group.train_step(*(t[group.index] for t in batch))
+                        losses = group.train_step(*(t[group.slots] for t in batch))
                         for j, k in enumerate(group.members):
                             states[k].updates += 1
                             if writers is not None and states[k].updates % 100 == 0:
@@ -719,15 +727,19 @@ class PopulationDQN:
 
     @torch.no_grad()
     def _q_values(self, obs: Tensor) -> Tensor:
-        """``Q(s, .)`` of every member for ``obs`` ``[M, B, obs]``: ``[M, B, A]``."""
+        """``Q(s, .)`` of every member for ``obs`` ``[M, B, obs]`` (member order): ``[M, B, A]``."""
         q = torch.empty(self.members, obs.shape[1], self.n_actions)
+        in_slots = obs[torch.from_numpy(self.order)]
         for group in self.groups:
-            q[group.index] = group.q_values(obs[group.index])
-        return q
+            q[group.slots] = group.q_values(in_slots[group.slots])
+        out = torch.empty_like(q)
+        out[torch.from_numpy(self.order)] = q
+        return out
 
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
         """Every member's greedy action for its observation ``obs[k]``."""
-        return self._q_values(torch.from_numpy(obs).unsqueeze(1))[:, 0].argmax(dim=1).numpy()
+        q = self._q_values(torch.from_numpy(obs).unsqueeze(1))
+        return q[:, 0].argmax(dim=1).numpy()
 
     def _evaluate(
         self, envs: list[Any], seeds: list[list[int]], actions_taken: list[set[int]] | None = None

@@ -56,7 +56,7 @@ class HeadProbe:
             if not isinstance(group, _AlraoGroup):
                 continue
             model, config = group.online, group.configs[0]
-            z = model.body(batch[0][group.index])  # [P, B, d]
+            z = model.body(batch[0][group.slots])  # [P, B, d]
             ones = z.new_ones(*z.shape[:-1], 1)
             zt = torch.cat((z, ones), dim=-1) if model.heads.bias is not None else z
             gram = zt.transpose(1, 2) @ zt / zt.shape[1]
