@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -449,8 +450,10 @@ def test_the_population_backend_gives_the_results_of_runs_alone(tmp_path: Path) 
     specs = compare.plan_runs("rl", "CartPole-v1", ["alrao", "sgd", "adam"], [0, 1], sgd_grid=[1e-2, 1.0],
                               options=options, test_episodes=2)
     alone = compare.run_sweep(specs, str(tmp_path / "process"), backend="process", workers=1, progress=False)
+    start = time.perf_counter()
     together = compare.run_sweep(specs, str(tmp_path / "population"), backend="population", workers=2,
                                  progress=False)
+    elapsed = time.perf_counter() - start
     for a, b in zip(alone.results, together.results, strict=True):
         assert (a.method, a.lr, a.seed) == (b.method, b.lr, b.seed) and not a.error and not b.error
         assert (a.selection, a.test, a.test_std, a.distinct_actions, a.outputs_finite) == (
@@ -461,3 +464,7 @@ def test_the_population_backend_gives_the_results_of_runs_alone(tmp_path: Path) 
     units = compare.work_units(specs, 2)  # two populations of four, each with every method
     assert sorted(len(u) for u in units) == [4, 4] and sorted(i for u in units for i in u) == list(range(8))
     assert all({specs[i].method for i in u} == {"alrao", "sgd", "adam"} for u in units)
+    # a member's time is its share of its population's: summing the members counts the compute once
+    for unit in units:
+        walls = {together.results[i].wall_seconds for i in unit}
+        assert len(walls) == 1 and 0 < walls.pop() * len(unit) < elapsed

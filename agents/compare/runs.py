@@ -33,7 +33,8 @@ class RunResult:
     :param test: RL: mean return of the final policy on the test episodes; supervised: test loss.
     :param test_std: RL: standard deviation of the test-episode returns.
     :param test_accuracy: supervised: test accuracy.
-    :param wall_seconds: training time of the run.
+    :param wall_seconds: training time of the run; a population member's share of its population's
+        time (the population's wall time over its size), so that summing runs counts compute once.
     :param logdir: the run folder, relative to the sweep's output folder.
     :param error: why the run produced no result (an exception, an interruption); empty otherwise.
     :param outputs_finite: RL: the final network's Q-values on the test episodes' first observations
@@ -280,8 +281,9 @@ def execute_population(specs: Sequence[RunSpec], out: str) -> list[RunResult]:
                 for s, d in zip(specs, logdirs, strict=True)]
     results = []
     for spec, logdir, summary, (mean, std, actions, finite) in zip(specs, logdirs, summaries, tests, strict=True):
+        share = _finite(summary["wall_seconds"]) / len(specs)  # members train together: each its share
         result = RunResult(spec.method, spec.lr, spec.seed, selection=_finite(summary["final_eval_return_mean"]),
-                           test=mean, test_std=std, wall_seconds=_finite(summary["wall_seconds"]),
+                           test=mean, test_std=std, wall_seconds=share,
                            logdir=os.path.relpath(logdir, out), outputs_finite=finite, distinct_actions=actions)
         record = {"config_hash": spec.config_hash(), "spec": asdict(spec), "result": result.to_json()}
         _atomic_json(os.path.join(logdir, "compare.json"), json.loads(json.dumps(record, default=repr)))
