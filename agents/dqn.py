@@ -1,4 +1,4 @@
-"""DQN (Mnih et al. 2015) with soft target updates, trained by Alrao, SGD or Adam.
+"""DQN (Mnih et al. 2015) with soft target updates, trained by Alrao, SGD or Adam, or as AdaQN.
 
 The training loop in :func:`train` reads like the algorithm box::
 
@@ -29,6 +29,10 @@ returns (tens on Pendulum). The choices (their measured effect is in the README'
   non-finite or exceeds ``max_weight`` (100); the heads are only checked for finiteness, since
   they must reach Q-values of several hundred;
 * **non-finite heads** are left out of the average and the loss (the core does it).
+
+**AdaQN** (``method="adaqn"``, :mod:`agents.adaqn`): ``K`` online networks with Adam at the rates
+``adaqn_rates`` learn from the same minibatches and one TD target; the target follows the network with
+the smallest TD loss over each window of ``adaqn_window`` gradient steps, which also acts.
 """
 
 from __future__ import annotations
@@ -77,14 +81,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["alrao", "sgd", "adam"]
+Method = Literal["alrao", "sgd", "adam", "adaqn"]
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
-METHODS: tuple[str, ...] = ("alrao", "sgd", "adam")
+METHODS: tuple[str, ...] = ("alrao", "sgd", "adam", "adaqn")
 
 
 @dataclass
 class DQNConfig:
-    """Everything a DQN run depends on. Defaults are shared by all three methods and every env.
+    """Everything a DQN run depends on. Defaults are shared by every method and every env.
 
     The defaults follow the DQN settings used for Alrao's RL experiments (paper, Appendix D: soft
     target updates, a replay buffer of 1,000,000, an MLP with 2 hidden layers) and the field's DQN
@@ -96,16 +100,23 @@ class DQNConfig:
     env: str = "Pendulum-v1"
     """gymnasium environment id (continuous actions are discretized)."""
     method: str = "alrao"
-    """'alrao' (AlraoSGD, N heads + switch), 'sgd' (torch SGD at lr) or 'adam' (torch Adam)."""
+    """'alrao' (AlraoSGD, N heads + switch), 'sgd' (torch SGD at lr), 'adam' (torch Adam) or 'adaqn' (AdaQN:
+    one network per rate of adaqn_rates, each with its own Adam; the target follows the best)."""
     lr: float | None = None
     """learning rate for sgd (required) and adam (default 1e-3); for alrao a multiplier on every
-    Alrao rate (default 1.0)."""
+    Alrao rate (default 1.0); adaqn takes none (its rates are adaqn_rates)."""
     eta_min: float = 1e-5
     """Alrao: lower end of the log-uniform interval of per-unit rates."""
     eta_max: float = 10.0
     """Alrao: upper end of the interval."""
     heads: int = 10
     """Alrao: number of output heads."""
+    adaqn_rates: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    """AdaQN: Adam's learning rate of each online network, one network per rate (4 as the authors' default; a
+    decade apart as the paper's SGD grid, around Adam's default 1e-3, inside the authors' range [1e-6, 1e-2])."""
+    adaqn_window: int = 100
+    """AdaQN: gradient steps between two selections of the network the target follows and that acts, each on
+    the TD losses summed over the window (100 = 1/tau, the soft target's time constant)."""
     total_steps: int = 30_000
     """environment steps."""
     seed: int = 0
@@ -152,6 +163,8 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)  # type: ignore[assignment]
+        if isinstance(self.adaqn_rates, (list, tuple)):
+            self.adaqn_rates = tuple(self.adaqn_rates)
         self.validate()
 
     def validate(self) -> None:
@@ -160,6 +173,8 @@ class DQNConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.method == "sgd" and self.lr is None:
             raise ValueError("method 'sgd' needs a learning rate (lr)")
+        if self.method == "adaqn" and self.lr is not None:
+            raise ValueError(f"method 'adaqn' trains at the rates adaqn_rates and takes no lr, got {self.lr}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         check_interval(self.eta_min, self.eta_max)
@@ -172,6 +187,7 @@ class DQNConfig:
             "buffer_size",
             "train_freq",
             "checkpoint_every",
+            "adaqn_window",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -200,12 +216,20 @@ class DQNConfig:
             raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
         if self.head_step not in ("normalized", "plain"):
             raise ValueError(f"head_step must be 'normalized' or 'plain', got {self.head_step!r}")
+        rates = self.adaqn_rates
+        if not isinstance(rates, tuple) or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                   for r in rates):
+            raise TypeError(f"adaqn_rates must be a sequence of numbers, got {rates!r}")
+        if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+            raise ValueError(f"adaqn_rates must be one or more finite numbers > 0, got {list(rates)}")
 
     @property
-    def effective_lr(self) -> float:
-        """The learning rate (or Alrao multiplier) actually used."""
+    def effective_lr(self) -> float | None:
+        """The learning rate (or Alrao multiplier) actually used; None for AdaQN (its rates are ``adaqn_rates``)."""
         if self.lr is not None:
             return self.lr
+        if self.method == "adaqn":
+            return None
         return 1.0 if self.method == "alrao" else 1e-3
 
 
@@ -232,7 +256,8 @@ def soft_update(target: list[Tensor], online: list[Tensor], tau: float) -> None:
 
 def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module:
     """The Q-network: MLP ``obs -> h1 -> h2 -> n_actions`` (ReLU); with Alrao, an
-    :class:`alrao_rl.AlraoModel` whose output layer is ``config.heads`` regression heads."""
+    :class:`alrao_rl.AlraoModel` whose output layer is ``config.heads`` regression heads (AdaQN: one of its
+    online networks)."""
     h1, h2 = config.hidden
     body = nn.Sequential(nn.Linear(obs_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU())
     head = nn.Linear(h2, n_actions)
@@ -245,6 +270,10 @@ def make_q_network(obs_dim: int, n_actions: int, config: DQNConfig) -> nn.Module
 class DQNAgent:
     """The Q-network, its target copy and optimizer, and one DQN gradient step.
 
+    With AdaQN, ``q_net`` is the :class:`agents.adaqn.AdaQNetwork` of the online networks (its forward is
+    the selected network's), ``optimizer`` their Adam (one parameter group per network) and ``adaqn`` the
+    :class:`agents.adaqn.AdaQN` that updates them; ``adaqn`` is None for the other methods.
+
     :param obs_dim: observation size.
     :param n_actions: number of discrete actions.
     :param config: the run's configuration.
@@ -255,21 +284,35 @@ class DQNAgent:
     def __init__(
         self, obs_dim: int, n_actions: int, config: DQNConfig, optimizer_factory: OptimizerFactory | None = None
     ) -> None:
+        from .adaqn import AdaQN  # (agents.adaqn builds on this module's helpers)
+
         self.config = config
         self.alrao = config.method == "alrao"
+        self.adaqn: AdaQN | None = None
         torch.manual_seed(config.seed)
         # the heads' variance: a running mean of the averaged model's squared TD error, or 1
         self.variance: RunningVariance | float = RunningVariance() if config.td_variance == "running" else 1.0
+        if optimizer_factory is not None and config.method in ("alrao", "adaqn"):
+            raise ValueError(f"optimizer_factory replaces the optimizer of a plain network; {config.method!r} has "
+                             f"its own")
+        if config.method == "adaqn":
+            self.adaqn = AdaQN(lambda: make_q_network(obs_dim, n_actions, config), config.adaqn_rates,
+                               seed=config.seed, window=config.adaqn_window, tau=config.tau, gamma=config.gamma,
+                               total_steps=config.total_steps)
+            self.q_net: nn.Module = self.adaqn.online
+            self.target_net: nn.Module = self.adaqn.target
+            self.optimizer: torch.optim.Optimizer = self.adaqn.optimizer
+            self.alrao_step = None
+            return
         self.q_net = make_q_network(obs_dim, n_actions, config)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         self._polyak_pairs = (list(self.target_net.parameters()), list(self.q_net.parameters()))
         lr = config.effective_lr
+        assert lr is not None  # (only AdaQN has none)
         if optimizer_factory is not None:
-            if self.alrao:
-                raise ValueError("optimizer_factory replaces the optimizer of a plain network; 'alrao' has its own")
             self.optimizer = optimizer_factory(self.q_net.parameters())
         elif self.alrao:
-            self.optimizer: torch.optim.Optimizer = AlraoSGD(
+            self.optimizer = AlraoSGD(
                 self.q_net,
                 eta_min=config.eta_min,
                 eta_max=config.eta_max,
@@ -289,14 +332,18 @@ class DQNAgent:
         return self.variance.value if isinstance(self.variance, RunningVariance) else self.variance
 
     @torch.no_grad()
-    def q_values(self, obs: Tensor) -> Tensor:
-        """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean), ``[B, A]``, computed by
-        batched kernels as one member of a population (``nn.Linear`` on one observation takes a
-        matrix-vector kernel that rounds differently): a population's members act as their runs alone."""
+    def q_values(self, obs: Tensor, member: int | None = None) -> Tensor:
+        """``Q(s, .)`` of the online network (Alrao: the heads' posterior mean; AdaQN: the selected network's,
+        or network ``member``'s), ``[B, A]``, computed by batched kernels as one member of a population
+        (``nn.Linear`` on one observation takes a matrix-vector kernel that rounds differently): a population's
+        members act as their runs alone."""
         if self.alrao:
             return self.q_net.predict(obs)
+        net = self.q_net
+        if self.adaqn is not None:
+            net = self.adaqn.online.members[self.adaqn.selected if member is None else member]
         x = obs.unsqueeze(0)
-        for module in self.q_net.modules():
+        for module in net.modules():
             if isinstance(module, nn.Linear):
                 x = torch.baddbmm(module.bias.view(1, 1, -1), x, module.weight.t().unsqueeze(0))
             elif not list(module.children()):
@@ -311,14 +358,27 @@ class DQNAgent:
         return self.target_net(obs)
 
     def greedy_action(self, obs: np.ndarray) -> int:
-        """``argmax_a Q(s, a)`` for one observation."""
+        """``argmax_a Q(s, a)`` for one observation (AdaQN: the selected network's)."""
         return int(self.q_values(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
+
+    def behaviour_action(self, obs: np.ndarray, step: int) -> int:
+        """The behaviour policy's action at environment step ``step`` when epsilon-greedy does not explore: the
+        greedy action; AdaQN: the greedy action of the network :meth:`agents.adaqn.AdaQN.behaviour_member`
+        draws (the selected one, or with probability ``epsilon_b(step)`` one drawn uniformly)."""
+        if self.adaqn is None:
+            return self.greedy_action(obs)
+        member = self.adaqn.behaviour_member(step)
+        return int(self.q_values(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), member).argmax())
 
     def train_step(self, batch: TorchReplayBatch) -> float:
         """TD target -> loss -> gradient step -> (Alrao) switch update -> soft target update.
 
-        :return: the loss value (Alrao: the mixture negative log-likelihood).
+        :return: the loss value (Alrao: the mixture negative log-likelihood; AdaQN: the Huber loss of the
+            network selected after the step).
         """
+        if self.adaqn is not None:  # every network's step, the selection, the target's step towards it
+            losses = self.adaqn.train_step(batch)
+            return float(losses[self.adaqn.selected])
         config = self.config
         next_q_max = self.target_q_values(batch.next_observations).max(dim=1).values
         y = td_target(batch.rewards, batch.terminated, next_q_max, config.gamma)
@@ -335,6 +395,8 @@ class DQNAgent:
         return loss
 
     def state_dict(self) -> dict[str, Any]:
+        if self.adaqn is not None:
+            return {**self.adaqn.state_dict(), "td_variance": None}
         return {
             "q_net": self.q_net.state_dict(),
             "target_net": self.target_net.state_dict(),
@@ -343,6 +405,9 @@ class DQNAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.adaqn is not None:
+            self.adaqn.load_state_dict(state)
+            return
         if isinstance(self.variance, RunningVariance):
             self.variance = RunningVariance(value=None if state["td_variance"] is None else float(state["td_variance"]))
         self.q_net.load_state_dict(state["q_net"])
@@ -389,6 +454,8 @@ COMPATIBLE_KEYS = (
     "max_weight",
     "averaging",
     "head_step",
+    "adaqn_rates",
+    "adaqn_window",
     "eval_every",
     "eval_episodes",
 )
@@ -397,16 +464,21 @@ COMPATIBLE_KEYS = (
 def _config_state(config: DQNConfig) -> dict[str, Any]:
     state = asdict(config)
     state["hidden"] = list(config.hidden)
+    state["adaqn_rates"] = list(config.adaqn_rates)
     return state
 
 
 def _as_used(state: dict[str, Any]) -> dict[str, Any]:
     """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
     a run started with the default and resumed with it written out is the same run. A run saved before
-    ``head_step`` existed took plain steps."""
+    ``head_step`` existed took plain steps; one saved before AdaQN existed was not AdaQN, whose settings it
+    is given (they play no part in its method)."""
     if "head_step" not in state:
         state = {**state, "head_step": "plain"}
-    if state.get("lr") is None and state.get("method") in METHODS:
+    for name in ("adaqn_rates", "adaqn_window"):
+        if name not in state:
+            state = {**state, name: _config_state(DQNConfig())[name]}
+    if state.get("lr") is None and state.get("method") in ("alrao", "sgd", "adam"):
         return {**state, "lr": 1.0 if state["method"] == "alrao" else 1e-3}
     return state
 
@@ -540,6 +612,8 @@ def train(
                     writer.add_scalar("train/epsilon", epsilon, state.step)
                     if agent.alrao:
                         _log_alrao(writer, agent, state.step)
+                    if agent.adaqn is not None:
+                        writer.add_scalar("adaqn/selected", agent.adaqn.selected, state.step)
             # evaluate
             if state.step % config.eval_every == 0 or state.step == config.total_steps:
                 mean, std = evaluate(agent, eval_env, eval_seeds)
@@ -565,6 +639,8 @@ def train(
                 postfix = {"return": f"{state.last_return:.1f}"}
                 if agent.alrao:
                     postfix["best_head"] = int(agent.q_net.switch.posterior.argmax())
+                if agent.adaqn is not None:
+                    postfix["selected"] = agent.adaqn.selected
                 bar.set_postfix(postfix, refresh=False)
     bar.close()
     session_seconds = time.perf_counter() - session_start
@@ -577,7 +653,8 @@ def train(
     elif ckpt_path is not None:
         checkpoint()
     sps = state.step / max(state.wall_seconds, 1e-9)  # over every session of the run (resumed or not)
-    summary = _summary(config, state, sps, interrupted, agent.td_variance)
+    summary = _summary(config, state, sps, interrupted, agent.td_variance,
+                       adaqn=None if agent.adaqn is None else agent.adaqn.summary())
     if logdir is not None:
         write_run_outputs(logdir, state.evals, summary)
     env.close()
@@ -607,8 +684,14 @@ def _log_alrao(writer: Any, agent: DQNAgent, step: int) -> None:
 
 
 def _summary(
-    config: DQNConfig, state: _Progress, steps_per_second: float, interrupted: bool, agent_td_variance: float | None
+    config: DQNConfig,
+    state: _Progress,
+    steps_per_second: float,
+    interrupted: bool,
+    agent_td_variance: float | None,
+    adaqn: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run's ``summary.json``; ``adaqn``: :meth:`agents.adaqn.AdaQN.summary` (None for other methods)."""
     evals = state.evals
     return {
         "env": config.env,
@@ -624,6 +707,7 @@ def _summary(
         "best_eval_return_mean": max(e[1] for e in evals) if evals else None,
         "episodes": state.episodes,
         "td_variance": agent_td_variance,
+        "adaqn": adaqn,
         "wall_seconds": round(state.wall_seconds, 2),
         "steps_per_second": round(steps_per_second, 1),
         "interrupted": interrupted,

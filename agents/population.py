@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 MEMBER_FIELDS = ("seed", "method", "lr")
 """The fields in which the members of a population may differ."""
+POPULATION_METHODS = ("alrao", "sgd", "adam")
+"""The methods a member may have (AdaQN, ``K`` networks and a selection of its own, trains alone)."""
 _STATE_VERSION = 1
 
 
@@ -464,9 +466,9 @@ class PopulationDQN:
     """``M`` DQN runs trained in lockstep in one process (module docstring).
 
     :param configs: one :class:`agents.dqn.DQNConfig` per member, identical but for ``seed``,
-        ``method`` and ``lr``.
-    :raises ValueError: if members differ in anything else, or the replay buffers would not fit in
-        memory (the message names ``--buffer-size``).
+        ``method`` (one of :data:`POPULATION_METHODS`) and ``lr``.
+    :raises ValueError: if a member's method is not one of :data:`POPULATION_METHODS`, members differ in
+        anything else, or the replay buffers would not fit in memory (the message names ``--buffer-size``).
     """
 
     def __init__(self, configs: Sequence[DQNConfig]) -> None:
@@ -476,6 +478,9 @@ class PopulationDQN:
         for config in configs:
             if not isinstance(config, DQNConfig):
                 raise TypeError(f"members must be DQNConfig, got {type(config).__name__}")
+            if config.method not in POPULATION_METHODS:
+                raise ValueError(f"method {config.method!r} cannot train as a population (only "
+                                 f"{', '.join(POPULATION_METHODS)} can): train each seed alone")
         key = member_key(configs[0])
         for config in configs[1:]:
             if member_key(config) != key:

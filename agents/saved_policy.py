@@ -15,7 +15,8 @@ Two kinds of files::
   on the spaces of ``env_id`` (SB3 does not save which environment it was trained on). ``policy_kwargs``
   that SB3 had to pickle (a class such as ``activation_fn``) are refused.
 
-Acting is greedy: ``argmax_a Q(s, a)`` of the online network (Alrao: the switch average of the heads).
+Acting is greedy: ``argmax_a Q(s, a)`` of the online network (Alrao: the switch average of the heads;
+AdaQN: the selected network).
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ def _load_run_dqn(file: str) -> SavedPolicy:
         raise CheckpointError(f"{file!r}: its Q-network does not fit its own config: {_one_line(e)}") from e
     agent.q_net.eval()
     heads = f", {config.heads} heads" if config.method == "alrao" else ""
+    if agent.adaqn is not None:
+        s = agent.adaqn.selected
+        heads = f", {len(config.adaqn_rates)} networks, network {s} (Adam {config.adaqn_rates[s]:g}) selected"
     return SavedPolicy(config.env, config.n_bins, "run_dqn", file, agent.greedy_action,
                        f"run_dqn.py {config.method} on {config.env}{heads}, {step} steps, seed {config.seed}")
 

@@ -86,14 +86,17 @@ def _or_none(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _parser_type(annotation: Any) -> tuple[Callable[[str], Any], int | None]:
-    """argparse ``type`` and ``nargs`` for a field annotation (int, float, str, X | None, tuple)."""
+def _parser_type(annotation: Any) -> tuple[Callable[[str], Any], int | str | None]:
+    """argparse ``type`` and ``nargs`` for a field annotation (int, float, str, X | None, tuple[X, X],
+    tuple[X, ...]: one or more values)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _or_none(_parser_type(args[0])[0]), None
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0], "+"
         return args[0], len(args)
     return annotation, None
 
@@ -110,14 +113,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Itera
             continue
         kind, nargs = _parser_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(nargs, int):
+            metavar: str | tuple[str, ...] = tuple(f"W{i + 1}" for i in range(nargs))
+        else:
+            metavar = f.name.upper()
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=kind,
             nargs=nargs,
             default=default,
-            metavar=f.name.upper() if nargs is None else tuple(f"W{i + 1}" for i in range(nargs)),
-            help=docs.get(f.name, "") + ("" if default is None else f" (default: {default})"),
+            metavar=metavar,
+            help=docs.get(f.name, "") + ("" if default is None else f" (default: {shown})"),
         )
 
 
@@ -192,11 +200,18 @@ class HeldWarnings:
         self.release()
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str) -> None:
-    """``--alrao | --optimizer {sgd,adam}``, ``--logdir``, ``--resume``, ``--no-progress``."""
+def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str,
+                         methods: Iterable[str] | None = None) -> None:
+    """``--alrao | --optimizer {sgd,adam} [| --method {methods}]``, ``--logdir``, ``--resume``, ``--no-progress``.
+
+    :param methods: the command's methods, for ``--method`` (None: no ``--method``).
+    """
     method = parser.add_mutually_exclusive_group()
     method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
     method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
+    if methods is not None:
+        method.add_argument("--method", choices=list(methods),
+                            help="the method by name: --method alrao is --alrao, --method adam is --optimizer adam")
     parser.add_argument("--logdir", default=None, help=f"output folder (default: {default_logdir})")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --logdir")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

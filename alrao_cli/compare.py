@@ -1,12 +1,15 @@
-"""Compare Alrao with SGD at every rate of a grid, default Adam and tuning-free peers (the paper's Table 1).
+"""Compare Alrao with SGD at every rate of a grid, default Adam, AdaQN and tuning-free peers (the paper's Table 1).
 
     python scripts/compare.py --env Pendulum-v1 --seeds 5 --total-steps 30000 --out results/pendulum
     python scripts/compare.py --env CartPole-v1 --seeds 3 --total-steps 50000 --methods alrao,sgd,adam,prodigy
+    python scripts/compare.py --env CartPole-v1 --seeds 3 --methods alrao,sgd,adam,adaqn
     python scripts/compare.py --env Pendulum-v1 --sgd-grid 1e-3,1e-2,1e-1 --backend ray
     python scripts/compare.py --task ptb --data-dir data/ptb --seeds 2 --epochs 5 --out results/ptb
 
 For every seed: Alrao (per-unit rates in [--eta-min, --eta-max]), SGD at every rate of --sgd-grid, Adam
-with its defaults, and the tuning-free peers named in --methods (each from the optional extra 'peers':
+with its defaults, and, named in --methods, AdaQN (--task rl: 4 DQN networks with Adam at 1e-5, 1e-4,
+1e-3 and 1e-2 on the same minibatches, the target following the one with the lowest TD loss; each run
+alone, not in a population) and the tuning-free peers (each from the optional extra 'peers':
 pip install 'alrao-rl[peers]'): prodigy (prodigyopt), dadapt-sgd and dadapt-adam (dadaptation), dog
 (dog-optimizer), sf-sgd and sf-adamw (schedulefree).
 
@@ -66,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--env", default=None, help="gymnasium id for --task rl (default: Pendulum-v1)")
     what.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1, per method and rate (default: 5)")
     what.add_argument("--methods", default="alrao,sgd,adam",
-                      help=f"comma-separated methods: alrao, sgd, adam, and peers {', '.join(PEERS)} "
-                           f"(default: alrao,sgd,adam)")
+                      help=f"comma-separated methods: alrao, sgd, adam, adaqn (--task rl), and peers "
+                           f"{', '.join(PEERS)} (default: alrao,sgd,adam)")
     what.add_argument("--sgd-grid", default=",".join(f"{x:g}" for x in DEFAULT_SGD_GRID),
                       help="comma-separated SGD learning rates (default: the paper's %(default)s)")
     what.add_argument("--eta-min", type=float, default=None,
@@ -273,6 +276,8 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
         test=f"{args.test_episodes} new greedy episodes of each run's final policy, seeded 2,000,000 + 1000·seed + k",
         floor_detail=f"the mean return of a uniformly random policy over {args.floor_episodes} episodes seeded "
                      f"3,000,000 + k (std {spread:.1f})",
+        adaqn_rates=list(config.adaqn_rates),
+        adaqn_window=config.adaqn_window,
     )
     return specs, metric, info
 

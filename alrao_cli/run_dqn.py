@@ -1,8 +1,9 @@
-"""Train a DQN agent with Alrao (no learning rate to tune), SGD or Adam, on a gymnasium task.
+"""Train a DQN agent with Alrao (no learning rate to tune), SGD or Adam, or as AdaQN, on a gymnasium task.
 
     python scripts/run_dqn.py --env Pendulum-v1 --alrao
     python scripts/run_dqn.py --env CartPole-v1 --optimizer adam --total-steps 50000
     python scripts/run_dqn.py --env Pendulum-v1 --optimizer sgd --lr 1e-3 --logdir runs/sgd
+    python scripts/run_dqn.py --env CartPole-v1 --method adaqn    # 4 Adam networks, 1e-5..1e-2, best as target
     python scripts/run_dqn.py --env Pendulum-v1 --alrao --logdir runs/a --resume   # continue a run
     python scripts/run_dqn.py --env CartPole-v1 --alrao --seeds 0,1,2               # three seeds at once
 
@@ -42,10 +43,10 @@ from alrao_cli.common import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agents.dqn import DQNConfig
+    from agents.dqn import METHODS, DQNConfig
 
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_method_arguments(parser, "runs/<env>-<method>-seed<seed>")
+    add_method_arguments(parser, "runs/<env>-<method>-seed<seed>", METHODS)
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds trained together as one population, e.g. 0,1,2 (replaces --seed)")
     add_config_arguments(parser, DQNConfig, skip=("method",))
@@ -77,7 +78,7 @@ def _run(args: argparse.Namespace, held: HeldWarnings) -> int:
     from alrao_rl.checkpoint import CheckpointError
     from envs import make_env
 
-    method = args.optimizer or "alrao"
+    method = args.method or args.optimizer or "alrao"
     config = config_from_args(DQNConfig, args, method=method)
     flags = flag_fields(args, DQNConfig)
     try:  # check the env before anything is written

@@ -1,9 +1,10 @@
-"""Alrao against SGD at every rate of a grid, default Adam and tuning-free peers: the protocol of the
+"""Alrao against SGD at every rate of a grid, default Adam, AdaQN and tuning-free peers: the protocol of the
 paper's Table 1 (Section 5), made explicit, for DQN (``task="rl"``) and the supervised tasks.
 
 **Runs.** For every seed: Alrao (rates in ``[eta_min, eta_max]``), SGD at every rate of the grid
-(default ``{1e-5, ..., 10}``), Adam with its defaults, and optionally tuning-free optimizers with
-their defaults (:data:`PEERS`: Prodigy, D-Adaptation SGD/Adam, DoG, schedule-free SGD/AdamW). Each
+(default ``{1e-5, ..., 10}``), Adam with its defaults, and optionally AdaQN (DQN only, :data:`RL_METHODS`:
+Adam networks at a grid of rates, the target taken from the best; :mod:`agents.adaqn`) and tuning-free
+optimizers with their defaults (:data:`PEERS`: Prodigy, D-Adaptation SGD/Adam, DoG, schedule-free SGD/AdamW). Each
 run is the project's own training function (:func:`agents.dqn.train`,
 :func:`alrao_rl.supervised.train.train_classifier`) with its usual outputs in
 ``out/runs/<method>[-lr<rate>]/seed<k>/``, plus ``compare.json`` (the run's specification, its hash
@@ -48,6 +49,7 @@ from .plan import (
     BASE_METHODS,
     DEFAULT_SGD_GRID,
     PEERS,
+    RL_METHODS,
     TASKS,
     Peer,
     RunSpec,
@@ -83,6 +85,7 @@ __all__ = [
     "BASE_METHODS",
     "DEFAULT_SGD_GRID",
     "PEERS",
+    "RL_METHODS",
     "TASKS",
     "MethodSummary",
     "Metric",

@@ -1,4 +1,5 @@
-"""What a sweep runs: the methods (:data:`BASE_METHODS` and the tuning-free :data:`PEERS`), one run's
+"""What a sweep runs: the methods (:data:`BASE_METHODS`, the DQN-only :data:`RL_METHODS` and the tuning-free
+:data:`PEERS`), one run's
 :class:`RunSpec` and the hash that identifies it on disk, :func:`plan_runs`, where a run writes, the seeds
 of its test episodes, and the training configuration built from a spec."""
 
@@ -18,6 +19,10 @@ TASKS: tuple[str, ...] = ("rl", "cifar", "ptb")
 """``rl``: DQN on a gymnasium env; ``cifar``, ``ptb``: the supervised tasks of the paper."""
 BASE_METHODS: tuple[str, ...] = ("alrao", "sgd", "adam")
 """Methods the training functions know; peers replace the optimizer of a plain network."""
+RL_METHODS: tuple[str, ...] = ("adaqn",)
+"""Methods only :func:`agents.dqn.train` knows (``--task rl``): AdaQN, ``K`` Adam networks at a grid of rates
+whose best gives the target (:mod:`agents.adaqn`), the closest RL rival of Alrao. Each run trains alone
+(never as a population member)."""
 DEFAULT_SGD_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """The paper's grid of SGD rates (Section 5)."""
 TEST_SEED_BASE = 2_000_000
@@ -80,16 +85,17 @@ PEERS: dict[str, Peer] = {
 """Tuning-free peers, by method name."""
 
 
-LABELS: dict[str, str] = {"alrao": "Alrao", "sgd": "SGD", "adam": "Adam", **{k: p.label for k, p in PEERS.items()}}
+LABELS: dict[str, str] = {"alrao": "Alrao", "sgd": "SGD", "adam": "Adam", "adaqn": "AdaQN",
+                          **{k: p.label for k, p in PEERS.items()}}
 
 
 def check_methods(methods: Sequence[str]) -> None:
     """Refuse unknown methods, duplicates, and peers whose package is not installed.
 
-    :param methods: method names (:data:`BASE_METHODS` and :data:`PEERS` keys).
+    :param methods: method names (:data:`BASE_METHODS`, :data:`RL_METHODS` and :data:`PEERS` keys).
     :raises ValueError: one line naming the method, and for a missing package the extra to install.
     """
-    known = (*BASE_METHODS, *PEERS)
+    known = (*BASE_METHODS, *RL_METHODS, *PEERS)
     if not methods:
         raise ValueError("no method given")
     for method in methods:
@@ -160,16 +166,21 @@ def plan_runs(
 
     :param task: one of :data:`TASKS`.
     :param problem: env id or data set name.
-    :param methods: methods to run (checked by :func:`check_methods`).
+    :param methods: methods to run (checked by :func:`check_methods`; :data:`RL_METHODS` only for ``"rl"``).
     :param seeds: the seeds.
     :param sgd_grid: SGD's rates.
     :param options: training-configuration overrides shared by every run.
     :param test_episodes: RL: test episodes per run.
     :param data_dir: supervised: the data folder.
-    :raises ValueError: for an unknown task, no seed, or a rate that is not a finite number > 0.
+    :raises ValueError: for an unknown task, no seed, a rate that is not a finite number > 0, or a DQN-only
+        method in a supervised sweep.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task != "rl":
+        for method in methods:
+            if method in RL_METHODS:
+                raise ValueError(f"method {method!r} is a DQN method: it needs task 'rl', not {task!r}")
     if not seeds:
         raise ValueError("at least one seed is needed")
     for rate in sgd_grid:
@@ -207,7 +218,7 @@ def dqn_config(spec: RunSpec) -> Any:
     whose optimizer is replaced)."""
     from agents.dqn import DQNConfig
 
-    method = spec.method if spec.method in BASE_METHODS else "adam"
+    method = spec.method if spec.method in (*BASE_METHODS, *RL_METHODS) else "adam"
     return DQNConfig(env=spec.problem, method=method, lr=spec.lr, seed=spec.seed, **dict(spec.options))
 
 

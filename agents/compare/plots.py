@@ -19,7 +19,7 @@ from .stats import MethodSummary, Metric, failure_reason
 
 _COLORS = {"alrao": "tab:red", "adam": "tab:blue", "sgd": "tab:green", "prodigy": "tab:purple",
            "dadapt-sgd": "tab:brown", "dadapt-adam": "tab:pink", "dog": "tab:olive", "sf-sgd": "tab:cyan",
-           "sf-adamw": "tab:orange"}
+           "sf-adamw": "tab:orange", "adaqn": "tab:gray"}
 
 
 def _read_curves(

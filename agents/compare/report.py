@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import BASE_METHODS, LABELS, PEERS
+from .plan import BASE_METHODS, LABELS, PEERS, RL_METHODS
 from .runs import RunResult
 from .stats import MethodSummary, Metric, failure_reason
 
@@ -29,6 +29,8 @@ class SweepInfo:
     :param eta_min: Alrao's lower rate.
     :param eta_max: Alrao's upper rate.
     :param heads: Alrao's heads.
+    :param adaqn_rates: AdaQN's Adam rates (RL).
+    :param adaqn_window: AdaQN's gradient steps per selection (RL).
     :param budget: the training budget in words (e.g. ``"30,000 environment steps"``).
     :param selection: how selection values are obtained, in words.
     :param test: how test values are obtained, in words.
@@ -55,6 +57,8 @@ class SweepInfo:
     command: str = ""
     ran: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    adaqn_rates: list[float] = field(default_factory=list)
+    adaqn_window: int = 0
 
 
 def write_results_csv(path: str, results: Sequence[RunResult], metric: Metric) -> None:
@@ -81,7 +85,7 @@ def write_results_csv(path: str, results: Sequence[RunResult], metric: Metric) -
 
 
 def _order_key(r: RunResult) -> tuple[int, float, int]:
-    order = {m: i for i, m in enumerate((*BASE_METHODS, *PEERS))}
+    order = {m: i for i, m in enumerate((*BASE_METHODS, *RL_METHODS, *PEERS))}
     return order.get(r.method, 99), r.lr or 0.0, r.seed
 
 
@@ -109,7 +113,7 @@ def _fmt_rate(rate: float) -> str:
 
 
 def _table_order(methods: Sequence[str]) -> list[str]:
-    """The paper's row order: SGD, Adam, Alrao, then the peers as given."""
+    """The paper's row order: SGD, Adam, Alrao, then AdaQN and the peers as given."""
     first = ("sgd", "adam", "alrao")
     return [m for m in first if m in methods] + [m for m in methods if m not in first]
 
@@ -135,7 +139,15 @@ def _lr_cell(row: MethodSummary, info: SweepInfo) -> str:
         return "1e-3 (default)"
     if row.method == "alrao":
         return f"[{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], {info.heads} heads"
+    if row.method == "adaqn":
+        return _adaqn_rates(info)
     return "default (tuning-free)"
+
+
+def _adaqn_rates(info: SweepInfo) -> str:
+    """``{1e-5, 1e-4, 1e-3, 1e-2}, 4 nets``: AdaQN's grid of Adam rates."""
+    rates = info.adaqn_rates
+    return f"{{{', '.join(_fmt_rate(x) for x in rates)}}}, {len(rates)} nets"
 
 
 def _report_text(
@@ -233,7 +245,10 @@ def _report_text(
         "",
         f"- Methods: {', '.join(names)}. SGD grid: {{{', '.join(_fmt_rate(x) for x in info.sgd_grid)}}}. "
         f"Alrao: per-unit rates log-uniform in [{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], "
-        f"{info.heads} heads. Adam and the tuning-free peers run with their default settings.",
+        f"{info.heads} heads. Adam and the tuning-free peers run with their default settings."
+        + (f" AdaQN: one network per Adam rate of {_adaqn_rates(info)}, trained on the same minibatches "
+           f"against one target, which follows the network with the lowest TD loss summed over each "
+           f"{info.adaqn_window} gradient steps." if "adaqn" in info.methods else ""),
         f"- Selection: {info.selection}. Test: {info.test}.",
         f"- Failed run: an error during the run; a non-finite selection or test {m}, or non-finite outputs of "
         f"the final network (divergence); "
@@ -260,7 +275,8 @@ def _report_text(
         f"lowest to the highest seed.",
         "",
         f"![test {m} against the SGD rate](rates.png)  \nFinal test {m} against SGD's learning rate (dots: seeds; "
-        f"line: mean); Alrao, Adam and the peers as horizontal bands (mean ± std): what the grid search costs.",
+        f"line: mean); Alrao, Adam, AdaQN and the peers as horizontal bands (mean ± std): what the grid search "
+        "costs.",
         "",
         "![Alrao switch posterior](posterior.png)  \nAlrao's switch posterior over its heads during training "
         "(one panel per seed; the paper's Figure 4).",

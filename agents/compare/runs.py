@@ -245,7 +245,7 @@ def execute_run(spec: RunSpec, out: str) -> RunResult:
 
 def population_member(spec: RunSpec) -> bool:
     """Whether ``spec`` can be trained as a member of a population (:mod:`agents.population`): an RL
-    run of Alrao, SGD or Adam."""
+    run of Alrao, SGD or Adam (AdaQN and the peers train alone)."""
     return spec.task == "rl" and spec.method in BASE_METHODS
 
 

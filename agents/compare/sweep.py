@@ -39,8 +39,9 @@ def usable_cores() -> int:
 
 
 def _cost(spec: RunSpec) -> int:
-    """Rough relative cost, to start the longest runs first (Alrao's heads make its runs slower)."""
-    return 4 if spec.method == "alrao" else 1
+    """Rough relative cost, to start the longest runs first (Alrao's heads and AdaQN's networks make their runs
+    slower)."""
+    return 4 if spec.method in ("alrao", "adaqn") else 1
 
 
 def run_sweep(
