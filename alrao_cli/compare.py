@@ -61,13 +61,21 @@ def _dqn_default(name: str) -> object:
 def build_parser() -> argparse.ArgumentParser:
     from agents.compare import DEFAULT_SGD_GRID, PEERS, TASKS
     from agents.compare.backends import BACKENDS
+    from agents.compare.suite import SUITES
 
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to compare")
     what.add_argument("--task", choices=TASKS, default="rl",
                       help="rl: DQN on --env; cifar, ptb: the supervised tasks on --data-dir (default: rl)")
     what.add_argument("--env", default=None, help="gymnasium id for --task rl (default: Pendulum-v1)")
-    what.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1, per method and rate (default: 5)")
+    what.add_argument("--suite", choices=list(SUITES), default=None,
+                      help="run a whole suite of envs, each its own sweep in --out/<env>, then write --out/summary.md "
+                           "and aggregate.png across envs (paper: Pendulum, CartPole, LunarLander, MountainCar, "
+                           "10 seeds; the envs, steps and methods are the suite's)")
+    what.add_argument("--envs", default=None,
+                      help="with --suite: only these comma-separated envs of the suite (default: all of them)")
+    what.add_argument("--seeds", type=int, default=None,
+                      help="number of seeds, 0..N-1, per method and rate (default: 5; --suite: 10)")
     what.add_argument("--methods", default="alrao,sgd,adam",
                       help=f"comma-separated methods: alrao, sgd, adam, adaqn (--task rl), and peers "
                            f"{', '.join(PEERS)} (default: alrao,sgd,adam)")
@@ -158,9 +166,57 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     with HeldWarnings() as held:  # a refused input prints its error line alone
+        if args.suite is not None:
+            return _suite(args, parser, held)
+        if args.envs is not None:
+            fail("--envs needs --suite")
+        if args.seeds is None:
+            args.seeds = 5
         return _main(args, argv, held)
+
+
+SUITE_OPTIONS = ("suite", "envs", "seeds", "out", "workers", "backend", "ray_address", "force", "bootstrap_resamples",
+                 "no_progress")
+"""The options a suite takes; the others (env, steps, methods, ...) are the suite's."""
+
+
+def _suite(args: argparse.Namespace, parser: argparse.ArgumentParser, held: HeldWarnings) -> int:
+    """Each env of the suite as its own sweep (:func:`_main`), then the summary across envs."""
+    from agents.compare.aggregate import write_summary
+    from agents.compare.suite import SUITE_SEEDS, env_arguments, select_envs
+
+    for action in parser._actions:
+        if action.dest not in SUITE_OPTIONS and action.dest != "help" and getattr(args, action.dest) != action.default:
+            fail(f"{action.option_strings[0]} cannot be used with --suite (the suite sets the envs, steps, methods "
+                 f"and DQN settings)")
+    try:
+        entries = select_envs(args.suite, None if args.envs is None else _parse_list(args.envs, "--envs"))
+    except ValueError as e:
+        fail(f"--envs: {e}")
+    seeds = SUITE_SEEDS if args.seeds is None else args.seeds
+    _check_positive(argparse.Namespace(seeds=seeds), "seeds")
+    out = args.out or os.path.join("results", args.suite)
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out!r} is a file, not a folder")
+    passed = ["--backend", args.backend, "--bootstrap-resamples", str(args.bootstrap_resamples)]
+    passed += [flag for flag, on in (("--force", args.force), ("--no-progress", args.no_progress)) if on]
+    for flag, value in (("--workers", args.workers), ("--ray-address", args.ray_address)):
+        if value is not None:
+            passed += [flag, str(value)]
+    command = "python scripts/compare.py" if program().endswith(".py") else program()
+    command += f" --suite {args.suite} --out {shlex.quote(out)}" + ("" if args.seeds is None else f" --seeds {seeds}")
+    for entry in entries:
+        print(f"== {entry.env}: {entry.total_steps:,} steps, {', '.join(entry.methods)}", flush=True)
+        env_argv = env_arguments(entry, seeds, out) + passed
+        code = _main(parser.parse_args(env_argv), env_argv, held)
+        if code != 0:
+            return code
+        paths = write_summary(out, args.suite, select_envs(args.suite), seeds, command)
+        print("wrote " + ", ".join(paths.values()), flush=True)
+    return 0
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) -> int:
