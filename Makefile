@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dqn test test-slow lint bench
+.PHONY: dqn test test-slow lint bench results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_population.py
 	$(BIN)/python benchmarks/bench_dqn.py
+
+# the paper's suite (10 seeds, 4 envs; hours on 2 cores, resumable): docs/results/summary.md
+results: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[peers]"
+	$(BIN)/python scripts/compare.py --suite paper --out docs/results

@@ -88,6 +88,8 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         self._head_of = {id(p): m for m in self._heads for p in m.parameters()}
         for name, rate in rates.items():
             self.state[named[name]][_RATE] = rate.to(named[name].dtype).clone()
+        self._flat = _FlatParameters.build(self.param_groups)
+        self._rate_table: tuple[Any, dict[int, Tensor]] | None = None
 
     _BUFFERS: tuple[str, ...] = ()
     """The per-parameter state buffers a frozen feature's entries are zeroed in."""
@@ -120,7 +122,13 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         return sum(int((s[_RATE] == 0).sum()) for s in self.state.values() if _RATE in s)
 
     def _rates(self, params: list[Tensor]) -> list[Tensor]:
-        return [self.state[p][_RATE] for p in params]
+        """The rates of ``params`` (by identity: hashing a tensor costs a Python call; the table is rebuilt
+        when ``load_state_dict`` replaces the state)."""
+        table = self._rate_table
+        if table is None or table[0] is not self.state:
+            table = self._rate_table = (self.state, {id(p): s[_RATE] for p, s in self.state.items() if _RATE in s})
+        rates = table[1]
+        return [rates[id(p)] for p in params]
 
     def guard(self, updated: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         """Zero and freeze every feature whose weights are non-finite or exceed its group's bound,
@@ -129,6 +137,19 @@ class _AlraoOptimizer(torch.optim.Optimizer):
 
         :param updated: the ``(group, params)`` pairs just updated.
         """
+        buffer_keys = self._BUFFERS
+        flat = self._flat
+        if flat is None or not flat.clear():  # (the common case, clear: one reduction over every weight)
+            self._check_weights(updated)
+        for heads in self._heads:
+            dead = heads.take_dead()
+            if dead is not None:
+                for p in heads.parameters():
+                    if p in self.state:
+                        self._freeze(p, dead.view(*dead.shape, *[1] * (p.dim() - dead.dim())), buffer_keys)
+
+    def _check_weights(self, updated: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        """The guard's exact check of the parameters of ``updated``, one by one."""
         buffer_keys = self._BUFFERS
         params: list[Tensor] = []
         limits: list[float] = []
@@ -154,12 +175,6 @@ class _AlraoOptimizer(torch.optim.Optimizer):
                         self._freeze(p, bad_units, buffer_keys)
                     else:  # a head with a non-finite weight is dead: weight and bias frozen together
                         heads.mark_dead(bad_units.reshape(heads.dead.shape))
-        for heads in self._heads:
-            dead = heads.take_dead()
-            if dead is not None:
-                for p in heads.parameters():
-                    if p in self.state:
-                        self._freeze(p, dead.view(*dead.shape, *[1] * (p.dim() - dead.dim())), buffer_keys)
 
     def _freeze(self, p: Tensor, bad_units: Tensor, buffer_keys: tuple[str, ...]) -> None:
         """Zero the features ``bad_units`` (bool, the rate's shape) of ``p``, their buffers and rates."""
@@ -185,6 +200,65 @@ class _AlraoOptimizer(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(grad)
         return params, grads
+
+
+class _FlatParameters:
+    """Every parameter of an optimizer as a view of one flat buffer, group after group, so that the
+    guard clears them all at once: ``||w||_2 <= min_g bound_g`` over the whole buffer (one reduction)
+    bounds every weight and is finite iff every weight is; failing that, each group's slice is checked
+    against its own bound (``aminmax`` for a bounded group, the 2-norm's finiteness for the heads), and
+    only a real offender goes through the guard's exact per-parameter path.
+
+    The parameters keep their identity (``p.data`` becomes a view of the buffer); if any is moved
+    afterwards (``model.to(...)``, a replaced ``.data``) the buffer no longer holds it and :meth:`clear`
+    defers to the exact path.
+    """
+
+    def __init__(self, flat: Tensor, params: list[Tensor], slices: list[tuple[int, int, float]]) -> None:
+        self.flat = flat
+        self.params = params
+        self.pointers = [p.data_ptr() for p in params]
+        self.slices = slices
+        self.bound = min(bound for _, _, bound in slices)
+
+    @staticmethod
+    def build(groups: list[dict[str, Any]]) -> _FlatParameters | None:
+        """Re-home the parameters of ``groups`` into one buffer (None when they differ in dtype or device,
+        or one is sparse)."""
+        params = [p for g in groups for p in g["params"]]
+        if not params or any(p.is_sparse or p.dtype != params[0].dtype or p.device != params[0].device
+                              for p in params):
+            return None
+        flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        slices, start = [], 0
+        with torch.no_grad():
+            for g in groups:
+                first = start
+                for p in g["params"]:
+                    view = flat[start : start + p.numel()].view_as(p)
+                    view.copy_(p)
+                    p.data = view
+                    start += p.numel()
+                bound = g["max_weight"]
+                slices.append((first, start, _LARGEST if bound is None else float(bound)))
+        return _FlatParameters(flat, params, slices)
+
+    def clear(self) -> bool:
+        """Whether every weight is finite and within its group's bound (False: check them one by one)."""
+        if [p.data_ptr() for p in self.params] != self.pointers:
+            return False
+        if torch.linalg.vector_norm(self.flat).item() <= self.bound:
+            return True
+        for start, end, bound in self.slices:
+            part = self.flat[start:end]
+            if bound == _LARGEST:
+                if not math.isfinite(torch.linalg.vector_norm(part).item()):
+                    return False
+            else:
+                low, high = torch.aminmax(part)
+                if not max(-low.item(), high.item()) <= bound:  # (NaN fails)
+                    return False
+        return True
 
 
 class AlraoSGD(_AlraoOptimizer):

@@ -9,16 +9,19 @@
 does what ``model.loss`` + ``loss.backward()`` + ``optimizer.step()`` + ``model.switch.update`` do
 (Algorithm 1: the body follows the gradient of the mixture's negative log-likelihood, head ``j``
 the gradient of its own, then the switch sees every head's likelihood), with the same safety, in
-about as many torch calls as a plain SGD step. With ``u_jb`` head ``j``'s output on sample ``b``,
+fewer torch calls than a plain SGD step. With ``u_jb`` head ``j``'s output on sample ``b``,
 ``g_jb = dL_j/du_jb`` and the responsibilities ``q_jb`` (module docstring of :mod:`alrao_rl.losses`):
 
 * the heads run without autograd, as one batched matmul ``[P, M, in] x [P, in, N*out]``;
+* the arithmetic on their outputs (errors, likelihoods, ``q``, the factors of both gradients: a few
+  hundred numbers for a DQN batch) runs in numpy on views of the same memory, where a call costs a
+  fraction of a torch call (torch for a classifier's ``[M, N, classes]`` arrays, where it is faster);
 * the body's gradient is ``autograd.grad(z, body, sum_j q_j g_j W_j)``: one small product to form;
-* head ``j``'s own gradient ``g_j^T [z, 1]`` is one more product; with SGD it is applied in place,
-  its rate ``lr eta_j`` (and the ``head_step`` normalization) folded into one ``addcmul_``; with
-  momentum, weight decay or Adam it goes through the optimizer;
-* the per-unit rates are one ``_foreach_addcmul_``; the guard and the switch update are the
-  optimizer's and the switch's own.
+* head ``j``'s own step is one more product: with SGD ``W_j += (-lr eta_j g_j)^T [z, 1]``, its rate
+  and factors folded into ``g`` first, so one in-place ``baddbmm_`` updates every head; with
+  momentum, weight decay or Adam the gradient ``g_j^T [z, 1]`` goes through the optimizer;
+* the per-unit rates are one ``_foreach_addcmul_``; the guard (one 2-norm over every weight, held in
+  one flat buffer) and the switch update are the optimizer's and the switch's own.
 
 The constant of a Gaussian log-likelihood is the same for every head: it is left out of the
 ``[M, N]`` arithmetic (it cancels in ``q``) and added to the few numbers that carry it.
@@ -98,6 +101,8 @@ class AlraoStep:
             raise ValueError("optimizer was not built over this model's heads")
         self.model = model
         self.optimizer = optimizer
+        # the submodules, held here: nn.Module's attribute lookup costs more than a small tensor op
+        self._heads, self._switch, self._body_module = heads, model.switch, model.body
         ids = {id(p) for p in self._head_params}
         body_groups = [g for g in optimizer.param_groups if not any(id(p) in ids for p in g["params"])]
         self._head_group = next(g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"]))
@@ -134,38 +139,40 @@ class AlraoStep:
         :param features: the body's output ``z`` for ``x``, computed by the caller with autograd
             (a recurrent body, a features extractor); default ``model.body(x)``.
         """
-        model, heads = self.model, self.model.heads
+        model, heads = self.model, self._heads
         if features is None:
             if x is None:
                 raise ValueError("x is needed when features is not given")
-            features = model.body(x)
+            features = self._body_module(x)
         if model.task == "classification" and index is not None:
             raise ValueError("index selects regression outputs; classification uses every class")
         target = check_target(features, target, index, model.task, heads.out_features)
         z = heads.mask_features(features)
         p = model.members or 1
         z3 = z.reshape(p, -1, heads.in_features)
-        with torch.no_grad():  # (autograd.grad below still runs the body's backward)
+        # (autograd.grad below still runs the body's backward; an overflow is sorted out by _rare, not warned of)
+        with torch.no_grad(), np.errstate(all="ignore"):
             b = _Batch(self, z3, target, index)
             var = self._variance(b, variance)
             ll = b.log_likelihoods(var)
             skip = None
-            if not np.isfinite(ll).all():  # rare: bad data, a diverged feature or head
+            every_head_dead = heads.any_dead and bool(heads.dead.view(p, b.n).all(dim=1).any())
+            if every_head_dead or not np.isfinite(ll).all():  # rare: bad data, a diverged feature or head
                 z3, skip = self._rare(b, x, features, var)
                 if skip is not None and skip.all():
                     self.optimizer.guard([(g, g["params"]) for g in self.optimizer.param_groups])
                     return self._result(np.full(p, math.nan), np.full((p, b.n), -np.inf), skip, var)
                 ll = b.log_likelihoods(var)
             loss = b.mixture()
-            grad_z = b.body_gradient(var)
-            own = b.own_gradient()
+            plain = self.optimizer.plain
+            grad_z = b.gradients(var, self._own_factor(b, var, skip, plain))
             body_grads = _body_gradients(z3, self._body, grad_z) if self._body else ()
-            self._update(b, body_grads, own, var, skip)
+            self._update(b, body_grads, skip, plain)
         if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
             ll = np.where(heads.dead.view(p, b.n).numpy(), -np.inf, ll)
         if skip is not None:
             ll, loss = np.where(skip[:, None], -np.inf, ll), np.where(skip, math.nan, loss)
-        model.switch.update(ll[0].tolist() if model.members is None else ll)
+        self._switch.update(ll[0].tolist() if model.members is None else ll)
         return self._result(loss, ll, skip, var)
 
     # --- pieces -------------------------------------------------------------------------------------
@@ -185,15 +192,9 @@ class AlraoStep:
             raise ValueError(f"variance must be {b.p} finite numbers > 0, got {variance!r}")
         return values
 
-    def _update(
-        self,
-        b: _Batch,
-        body_grads: tuple[Tensor | None, ...],
-        own: tuple[Tensor, Tensor | None],
-        var: np.ndarray,
-        skip: np.ndarray | None,
-    ) -> None:
-        """Body: the optimizer's rule with per-unit rates; heads: their own step; then the guard."""
+    def _update(self, b: _Batch, body_grads: tuple[Tensor | None, ...], skip: np.ndarray | None, plain: bool) -> None:
+        """Body: the optimizer's rule with per-unit rates; heads: their own step (in place when ``plain``: see
+        :meth:`_own_factor`); then the guard."""
         opt = self.optimizer
         params, grads = [], []
         keep = None if skip is None else torch.from_numpy(~skip)
@@ -206,55 +207,48 @@ class AlraoStep:
         updates: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         if params:
             updates.append((self._body_group, params, grads))  # type: ignore[arg-type]
-        # own = (the heads' own weight gradient [P, N*out, in], its bias gradient [P, N*out]), each
-        # still to be multiplied by its member's factor `scale` [P, 1, 1]
-        grad_w, grad_b = own
-        scale = self._head_scale(b, var)
-        if keep is not None:
-            scale = torch.where(keep.view(-1, 1, 1), scale, 0.0)
-        grad_w.mul_(scale)
-        if grad_b is not None:
-            grad_b.mul_(scale.view(-1, 1))
-        if opt.plain:  # p <- p - lr eta_j g, in place
-            lr = -self._head_group["lr"]
-            rate_w, rate_b = self._head_rates(b)
-            b.w3.addcmul_(grad_w, rate_w, value=lr)
-            if grad_b is not None:
-                b.b3.view(b.p, -1).addcmul_(grad_b, rate_b, value=lr)
+        own_bias = b.own.sum(dim=1) if b.b3 is not None else None  # sum_b own_jb
+        if plain:  # W_j <- W_j - lr eta_j g_j^T z: own already holds -lr eta_j g_j
+            b.w3.baddbmm_(b.own.transpose(1, 2), b.zd)
+            if own_bias is not None:
+                b.b3.view(b.p, -1).add_(own_bias)
         else:
-            head_grads = [grad_w.view_as(self._head_params[0])]
-            if grad_b is not None:
-                head_grads.append(grad_b.view_as(self._head_params[1]))
+            head_grads = [torch.bmm(b.own.transpose(1, 2), b.zd).view_as(self._head_params[0])]
+            if own_bias is not None:
+                head_grads.append(own_bias.view_as(self._head_params[1]))
             updates.append((self._head_group, self._head_params, head_grads))
         if updates:
             opt._update(updates)
         opt.guard(self._checked)
 
-    def _head_scale(self, b: _Batch, var: np.ndarray) -> Tensor:
-        """What multiplies ``g_j^T [z, 1]`` (``g`` without ``1/M``), per member ``[P, 1, 1]``: ``1/M``,
-        ``/ sigma^2`` for regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized step (whose
-        ``sigma^2`` cancels the likelihood's ``1/sigma^2``)."""
-        if self.model.head_step == "normalized":
-            return b.member_factor(1.0 / (b.m * b.curvature_trace()))
-        return b.member_factor(1.0 / (b.m * var))
+    def _own_factor(self, b: _Batch, var: np.ndarray, skip: np.ndarray | None, plain: bool) -> np.ndarray:
+        """What multiplies head ``j``'s ``d L_j / d u_j`` without its ``1/M`` (and ``1/sigma^2``), float64
+        ``[P, N]``: ``1/M``, ``/ sigma^2`` for regression, or ``1 / (M E_b ||[z_b, 1]||^2)`` for a normalized
+        step (whose ``sigma^2`` cancels the likelihood's ``1/sigma^2``); times ``-lr eta_j`` when the heads take
+        plain SGD steps in place; 0 for a skipped member."""
+        normalized = self.model.head_step == "normalized"
+        scale = 1.0 / (b.m * (b.curvature_trace() if normalized else var))
+        if skip is not None:
+            scale = np.where(skip, 0.0, scale)
+        if plain:
+            return (-self._head_group["lr"] * scale)[:, None] * self._head_rates(b)
+        return np.broadcast_to(scale[:, None], (b.p, b.n))
 
-    def _head_rates(self, b: _Batch) -> tuple[Tensor, Tensor]:
-        """The heads' rates ``eta_j`` as ``[P, N*out, 1]`` and ``[P, N*out]`` (cached until a freeze
-        or a load changes them)."""
-        state = self.optimizer.state[self.model.heads.weight][_RATE]
+    def _head_rates(self, b: _Batch) -> np.ndarray:
+        """The heads' rates ``eta_j``, ``[P, N]``: a numpy view of the optimizer's state (cached while it
+        is the same tensor; a frozen head's 0 shows through the view)."""
+        state = self.optimizer.state[self._head_params[0]][_RATE]
         cached = self._cache.get("rates")
-        if cached is None or cached[0] is not state or cached[1] != state._version:
-            rows = state.reshape(b.p, b.n, 1).expand(b.p, b.n, b.c).reshape(b.p, b.n * b.c)
-            cached = (state, state._version, rows.unsqueeze(2), rows)
-            self._cache["rates"] = cached
-        return cached[2], cached[3]
+        if cached is None or cached[0] is not state:
+            cached = self._cache["rates"] = (state, state.detach().numpy().reshape(b.p, b.n))
+        return cached[1]
 
     def _rare(
         self, b: _Batch, x: Tensor | None, features: Tensor, var: np.ndarray
     ) -> tuple[Tensor, np.ndarray | None]:
         """Sort out non-finite values (module docstring); return the features to use ``[P, M, in]``
         and the ``[P]`` mask of the members whose batch trains nothing (None if none)."""
-        model, heads = self.model, self.model.heads
+        model, heads = self.model, self._heads
         p = b.p
         skip = np.zeros(p, dtype=bool)
         # bad data: non-finite targets or inputs
@@ -287,6 +281,11 @@ class AlraoStep:
         if none.any():
             _warn("no head has a finite likelihood on this batch (the body diverged?); it trains nothing")
             skip |= none
+        if heads.any_dead:  # (a dead head outputs 0 once zeroed: finite, yet dead for good)
+            gone = heads.dead.view(p, b.n).all(dim=1).numpy() & ~skip
+            if gone.any():
+                _warn("every head is dead (diverged for good); the batch trains nothing")
+                skip |= gone
         dead = ~usable & torch.from_numpy(~skip).view(p, 1)
         if bool(dead.any()):
             heads.mark_dead(dead if model.members is not None else dead[0])
@@ -303,108 +302,118 @@ class AlraoStep:
 class _Batch:
     """One minibatch laid out ``[P, M, ...]`` (members, samples) and the closed-form pieces of
     Algorithm 1's gradients computed from it, in order (all under no_grad):
-    :meth:`log_likelihoods` -> :meth:`mixture` -> :meth:`body_gradient` -> :meth:`own_gradient`."""
+    :meth:`log_likelihoods` -> :meth:`mixture` -> :meth:`gradients`.
+
+    The heads' outputs come from one batched matmul; the small arithmetic on them (errors,
+    likelihoods, responsibilities, the factors of both gradients: a few hundred numbers) runs in
+    numpy on views of the same memory, where a call costs a fraction of a torch call. Every
+    reduction stays within a member (over its samples in order, or over its heads), so a member's
+    numbers are those of its single run, bit for bit.
+    """
 
     def __init__(self, step: AlraoStep, z3: Tensor, target: Tensor, index: Tensor | None) -> None:
-        model, heads = step.model, step.model.heads
+        model, heads = step.model, step._heads
         self.task = model.task
         self.p, self.m = z3.shape[0], z3.shape[1]
         self.n, self.c = heads.n_heads, heads.out_features
-        self.w3, self.w3t, self.b3 = _head_views(step._cache, heads.weight, heads.bias, self.p)
+        self.dtype = _NUMPY[z3.dtype]
+        params = step._head_params
+        self.w3, self.w3t, self.b3 = _head_views(step._cache, params[0], params[1] if len(params) > 1 else None, self.p)
         self.w_read = self.w3
-        log_a, a = model.switch.averaging_weights(model.averaging == "filtered", z3.dtype, z3.device)
-        self.log_a, self.a = log_a.view(self.p, 1, self.n), a
+        log_a, a = step._switch.averaging_arrays(model.averaging == "filtered", self.dtype)
+        self.log_a, self.a = log_a.reshape(self.p, 1, self.n), a.reshape(self.p, 1, self.n)
         self.target = target
-        self.usable: Tensor | None = None
-        self.flat_index = None
-        if index is not None:  # column of head j's selected output in the [P, M, N*out] outputs
-            offsets = step._cache.get("offsets")
-            if offsets is None or offsets.size != self.n:
-                offsets = step._cache["offsets"] = np.arange(0, self.n * self.c, self.c)
-            self.flat_index = torch.from_numpy(index.numpy().reshape(self.p, self.m, 1) + offsets)
+        full = (self.c,) if self.task == "regression" and index is None else ()
+        self.y = target.detach().numpy().reshape(self.p, self.m, *full)
+        self.usable: np.ndarray | None = None
+        self.sel: np.ndarray | None = None
+        if index is not None:  # where head j's selected output of sample b is in the flat [P, M, N*out] outputs
+            key = ("select", self.p, self.m, self.n, self.c)
+            base = step._cache.get(key)
+            if base is None:
+                rows = np.arange(self.p * self.m).reshape(self.p, self.m, 1) * (self.n * self.c)
+                base = step._cache[key] = rows + np.arange(0, self.n * self.c, self.c)
+            self.sel = index.numpy().reshape(self.p, self.m, 1) + base
         self.set_features(z3)
 
     def set_features(self, z3: Tensor) -> None:
-        """The heads' input ``[P, M, in]`` and their outputs ``[P, M, N*out]`` on it."""
+        """The heads' input ``[P, M, in]`` and their outputs ``[P, M, N*out]`` on it (``v``: a numpy view)."""
         self.zd = z3
-        self.diff: Tensor | None = None
+        self.diff: np.ndarray | None = None
         self.values = torch.baddbmm(self.b3, z3, self.w3t) if self.b3 is not None else torch.bmm(z3, self.w3t)
+        self.v = self.values.numpy()
 
     def restrict(self, usable: Tensor, skip: np.ndarray) -> None:
         """Leave the unusable heads ``[P, N]`` out: averaging weight 0 (renormalized), no gradient,
         weights not read. A skipped member's outputs, inputs and targets are read as zeros (its
         step is computed finite, then discarded); its heads count as usable."""
         p, n, c = self.p, self.n, self.c
-        keep = torch.from_numpy(~skip)
-        usable = usable | ~keep.view(p, 1)
-        self.usable = usable
-        log_a = torch.where(usable.view(p, 1, n), self.log_a, -math.inf)
-        # renormalize the members that lost heads only (the others keep their numbers exactly)
-        lost = ~usable.all(dim=1).view(p, 1, 1)
-        self.log_a = torch.where(lost, log_a - torch.logsumexp(log_a, dim=2, keepdim=True), self.log_a)
-        rows = usable.repeat_interleave(c, dim=1)
-        self.w_read = torch.where(rows.view(p, n * c, 1), self.w3, 0.0)  # 0 * inf = NaN must not reach dz
-        cols = (rows & keep.view(p, 1)).view(p, 1, n * c)
-        self.values = torch.where(cols, self.values, 0.0)
+        keep = ~skip
+        self.usable = use = usable.numpy() | skip[:, None]
+        log_a = np.where(use[:, None, :], self.log_a, -np.inf).astype(self.dtype)
+        lost = ~use.all(axis=1)  # renormalize the members that lost heads only (the others keep their numbers)
+        if lost.any():
+            sub = log_a[lost]
+            top = sub.max(axis=2, keepdims=True)
+            log_a[lost] = sub - (top + np.log(np.exp(sub - top).sum(axis=2, keepdims=True)))
+        self.log_a = log_a
+        rows = np.repeat(use, c, axis=1)
+        self.w_read = torch.where(torch.from_numpy(rows).view(p, n * c, 1), self.w3, 0.0)  # no 0 * inf = NaN in dz
+        self.v = np.where((rows & keep[:, None])[:, None, :], self.v, 0).astype(self.dtype)
+        self.values = torch.from_numpy(self.v)
         if skip.any():
-            self.zd = torch.where(keep.view(p, 1, 1), self.zd, 0.0)
+            self.zd = torch.where(torch.from_numpy(keep).view(p, 1, 1), self.zd, 0.0)
             if self.target.is_floating_point():
-                self.target = torch.where(keep.view((p,) + (1,) * (self.target.dim() - 1)), self.target, 0.0)
+                self.y = np.where(keep.reshape((p,) + (1,) * (self.y.ndim - 1)), self.y, 0).astype(self.y.dtype)
 
     # --- regression --------------------------------------------------------------------------------
 
-    def _diff(self) -> Tensor:
+    def _diff(self) -> np.ndarray:
         """``mu - y``: ``[P, M, N]`` for the selected output, else ``[P, M, N, out]``."""
-        if self.flat_index is not None:
-            return self.values.gather(2, self.flat_index) - self.target.view(self.p, self.m, 1)
-        values = self.values.view(self.p, self.m, self.n, self.c)
-        return values - self.target.reshape(self.p, self.m, 1, self.c)
+        if self.sel is not None:
+            return self.v.reshape(-1)[self.sel] - self.y[:, :, None]
+        return self.v.reshape(self.p, self.m, self.n, self.c) - self.y[:, :, None, :]
 
     def averaged_mse(self) -> float | np.ndarray:
         """The averaged model's mean squared error per output, ``mean_b ||sum_j a_j mu_jb - y_b||^2 /
         out``, per member (``sum_j a_j = 1``: the averaged error is the average of the heads')."""
         self.diff = diff = self._diff()
-        # (reductions whose rounding does not depend on a member's place in the batch: a member's
-        # numbers are those of its single run, bit for bit)
-        if self.flat_index is not None:
-            error = torch.linalg.vecdot(diff, self.a.view(self.p, 1, self.n))  # [P, M]
-        else:
-            error = (diff * self.a.view(self.p, 1, self.n, 1)).sum(dim=2)  # [P, M, out]
-        error = error.view(self.p, -1)
-        total = torch.linalg.vecdot(error, error) / error.shape[1]
-        return float(total) if self.p == 1 else total.double().numpy()
+        a = self.a if diff.ndim == 3 else self.a[..., None]
+        error = (diff * a).sum(axis=2).reshape(self.p, -1)
+        total = (error * error).sum(axis=1, dtype=np.float64) / error.shape[1]
+        return float(total[0]) if self.p == 1 else total
 
     def log_likelihoods(self, var: np.ndarray) -> np.ndarray:
         """``ll_j = mean_b log p_j(y_b)``, float64 ``[P, N]``, and what :meth:`mixture` needs:
         ``joint = log a_j + log p_j(y_b) - const`` ``[P, M, N]``."""
+        p, m, n = self.p, self.m, self.n
         if self.task == "classification":
-            values = self.values.view(self.p, self.m, self.n, self.c)
-            self.log_p = torch.log_softmax(values, dim=3)
-            self.y_index = self.target.reshape(self.p, self.m, 1, 1).expand(self.p, self.m, self.n, 1)
-            ll = self.log_p.gather(3, self.y_index).view(self.p, self.m, self.n)
+            self.log_p = torch.log_softmax(self.values.view(p, m, n, self.c), dim=3)
+            y = np.broadcast_to(self.y.reshape(p, m, 1, 1), (p, m, n, 1))
+            ll = np.take_along_axis(self.log_p.numpy(), y, axis=3)[..., 0]
             if self.usable is not None:
-                ll = torch.where(self.usable.view(self.p, 1, self.n), ll, 0.0)
-            self.joint, self.const = ll + self.log_a, np.zeros(self.p)
-            return ll.sum(dim=1).numpy().astype(np.float64) / self.m
+                ll = np.where(self.usable[:, None, :], ll, 0).astype(self.dtype)
+            self.joint, self.const = ll + self.log_a, np.zeros(p)
+            return ll.sum(axis=1, dtype=np.float64) / m
         if self.diff is None or self.usable is not None:
             self.diff = self._diff()
         diff = self.diff
         if self.usable is not None:
-            lead = (self.p, 1, self.n) + ((1,) if diff.dim() == 4 else ())
-            self.diff = diff = torch.where(self.usable.view(lead), diff, 0.0)
-        sq = diff.square() if diff.dim() == 3 else diff.square().sum(dim=3)
-        dim = 1 if diff.dim() == 3 else self.c
+            use = self.usable[:, None, :] if diff.ndim == 3 else self.usable[:, None, :, None]
+            self.diff = diff = np.where(use, diff, 0).astype(self.dtype)
+        sq = diff * diff if diff.ndim == 3 else (diff * diff).sum(axis=3)
+        dim = 1 if diff.ndim == 3 else self.c
         # log p_j(y_b) = -sq / (2 sigma^2) + const, const = -dim/2 log(2 pi sigma^2)
-        self.joint = torch.addcmul(self.log_a, sq, self.member_factor(-0.5 / var))
+        self.joint = self.log_a + sq * self.member_factor(-0.5 / var)
         self.const = -0.5 * dim * (_LOG_2PI + np.log(var))
-        ll = sq.sum(dim=1).numpy().astype(np.float64)
-        ll *= (-0.5 / (var * self.m))[:, None]
+        ll = sq.sum(axis=1, dtype=np.float64)
+        ll *= (-0.5 / (var * m))[:, None]
         ll += self.const[:, None]
         return ll
 
-    def member_factor(self, values: np.ndarray) -> Tensor:
-        """Per-member numbers ``[P]`` (float64) as a ``[P, 1, 1]`` tensor of the model's dtype."""
-        return torch.from_numpy(values.astype(_NUMPY[self.zd.dtype]).reshape(self.p, 1, 1))
+    def member_factor(self, values: np.ndarray) -> np.ndarray:
+        """Per-member numbers ``[P]`` (float64) as ``[P, 1, 1]`` of the model's dtype."""
+        return values.astype(self.dtype).reshape(self.p, 1, 1)
 
     # --- gradients -----------------------------------------------------------------------------------
 
@@ -412,39 +421,41 @@ class _Batch:
         """``L_mix = -mean_b log sum_j a_j p_j(y_b)``, float64 ``[P]``; keeps the responsibilities
         ``q_jb`` (a softmax of ``joint`` over heads)."""
         joint = self.joint
-        top = joint.amax(dim=2, keepdim=True)
-        q = joint.sub_(top).exp_()
-        total = q.sum(dim=2, keepdim=True)
-        self.q = q.div_(total)
-        log_mixture = (np.log(total.numpy(), dtype=np.float64) + top.numpy()).sum(axis=(1, 2)) / self.m
+        top = joint.max(axis=2, keepdims=True)
+        q = np.exp(joint - top)
+        total = q.sum(axis=2, keepdims=True)
+        q /= total
+        self.q = q
+        log_mixture = (np.log(total, dtype=np.float64) + top).sum(axis=(1, 2)) / self.m
         return -(log_mixture + self.const)
 
-    def body_gradient(self, var: np.ndarray) -> Tensor:
+    def gradients(self, var: np.ndarray, own_factor: np.ndarray) -> Tensor:
         """``dL_mix/dz = sum_j q_j g_j W_j`` ``[P, M, in]`` (Algorithm 1, line 12), with
-        ``g = (mu - y) / (M sigma^2)`` or ``(softmax - onehot) / M``."""
+        ``g = (mu - y) / (M sigma^2)`` or ``(softmax - onehot) / M``; and, kept as ``own``
+        ``[P, M, N*out]``, each head's own ``d L_j / d u_j`` times ``own_factor`` ``[P, N]`` (its
+        member's ``M sigma^2 g / (mu - y)`` factor, or what replaces it, times its rate and ``-lr``
+        for a plain step: see :meth:`AlraoStep._own_factor`), so that line 15 is ``W_j += own^T z``.
+        """
+        p, m = self.p, self.m
         if self.task == "classification":
-            y = self.y_index
-            self.g = self.log_p.exp_().scatter_add_(3, y, self.log_p.new_full(y.shape, -1.0))
-            q = self.q.mul_(1.0 / self.m)
+            y = torch.from_numpy(self.y).view(p, m, 1, 1).expand(p, m, self.n, 1)
+            g = self.log_p.exp_().scatter_add_(3, y, self.log_p.new_full(y.shape, -1.0))  # [P, M, N, out]
+            q = self.q * self.dtype(1.0 / m)
         else:
-            self.g = self.diff
-            q = self.q.mul_(self.member_factor(1.0 / (self.m * var)))
-        mix = self.g * (q if self.g.dim() == 3 else q.unsqueeze(3))
-        if self.flat_index is not None:  # spread the selected outputs' factors (own and mixture's) at once
-            both = self.values.new_zeros(2, self.p, self.m, self.n * self.c)
-            both.scatter_(3, self.flat_index.expand(2, -1, -1, -1), torch.stack((self.g, mix)))
-            self.g, mix = both.unbind(0)
-        else:
-            self.g = self.g.view(self.p, self.m, -1)
-            mix = mix.view(self.p, self.m, -1)
+            g = self.diff
+            q = self.q * self.member_factor(1.0 / (m * var))
+        factor = own_factor.astype(self.dtype)[:, None, :]
+        if self.sel is not None:  # spread the selected outputs' factors (own and mixture's) into their columns
+            both = np.zeros((2, p, m, self.n * self.c), dtype=self.dtype)
+            both[0].reshape(-1)[self.sel] = g * factor
+            both[1].reshape(-1)[self.sel] = g * q
+            own, mix = torch.from_numpy(both).unbind(0)
+        else:  # every output: in torch, in place where it can (large for classification: [P, M, N, classes])
+            g = torch.from_numpy(g) if isinstance(g, np.ndarray) else g
+            mix = (g * torch.from_numpy(q[..., None])).view(p, m, -1)
+            own = g.mul_(torch.from_numpy(factor[..., None])).view(p, m, -1)
+        self.own = own
         return torch.bmm(mix, self.w_read)
-
-    def own_gradient(self) -> tuple[Tensor, Tensor | None]:
-        """Each head's own ``g_j^T z`` ``[P, N*out, in]`` and ``sum_b g_jb`` ``[P, N*out]`` (Algorithm 1,
-        line 15), ``g`` without its factor (see :meth:`AlraoStep._head_scale`)."""
-        g = self.g
-        grad_w = torch.bmm(g.transpose(1, 2), self.zd)
-        return grad_w, (g.sum(dim=1) if self.b3 is not None else None)
 
     def curvature_trace(self) -> np.ndarray:
         """``E_b ||[z_b, 1]||^2`` per member, float64 ``[P]`` (the ``1`` when the heads have biases)."""

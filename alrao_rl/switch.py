@@ -249,6 +249,19 @@ class Switch(nn.Module):
             cache[key] = cached
         return cached
 
+    def averaging_arrays(self, filtered: bool, dtype: type[np.floating]) -> tuple[np.ndarray, np.ndarray]:
+        """``(log a, a)`` as numpy arrays of ``dtype`` (what :class:`alrao_rl.AlraoStep` computes with),
+        cached like :meth:`averaging_weights`. Do not modify them in place."""
+        source: Tensor = self._buffers["log_filtered" if filtered else "log_predictive"]  # type: ignore[assignment]
+        key = (filtered, dtype, source._version)
+        cache = self._scratch.averaging
+        cached = cache.get(key)
+        if cached is None:
+            host = self._host_buffers(self._scratch)[2 if filtered else 1]
+            log_a = np.asarray(host, dtype=dtype)
+            cached = cache[key] = (log_a, np.exp(log_a))
+        return cached  # type: ignore[return-value]
+
     def _host_buffers(self, scratch: _Scratch) -> tuple[np.ndarray, ...]:
         """The state buffers as numpy arrays: views of them on the CPU (cached while they are the
         same tensors), copies otherwise (``update`` then copies them back)."""
@@ -286,7 +299,7 @@ class _Scratch:
     def __init__(self) -> None:
         self.buffers: tuple = ()
         self.views: tuple[np.ndarray, ...] | None = None
-        self.averaging: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self.averaging: dict[tuple, tuple] = {}
 
     def __reduce__(self) -> tuple:
         return (_Scratch, ())  # a copied or unpickled switch has new buffers: derive afresh
