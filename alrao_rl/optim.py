@@ -91,6 +91,16 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         self._flat = _FlatParameters.build(self.param_groups)
         self._rate_table: tuple[Any, dict[int, Tensor]] | None = None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``, without its per-call profiling machinery (which costs
+        more than a small network's backward): every gradient to None (or zeroed in place)."""
+        if not set_to_none:
+            super().zero_grad(set_to_none=False)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
     _BUFFERS: tuple[str, ...] = ()
     """The per-parameter state buffers a frozen feature's entries are zeroed in."""
 
