@@ -203,6 +203,7 @@ def test_a_tiny_suite_runs_each_env_resumes_and_summarizes(tmp_path: Path, monke
     summary = (out / "summary.md").read_text()
     assert "Not finished" not in summary and "| Acrobot-v1 | **Alrao** |" in summary
     assert "Command: `" in summary and "--suite tiny --out" in summary
+    assert "CartPole-v1 0.0 h, Acrobot-v1 0.0 h; 0.0 core-hours in all" in summary
 
 
 def test_write_summary_states_the_goal_per_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,10 @@ class EnvResult:
     :param rows: per method (table order) the statistics of its test returns (SGD: at the selected rate).
     :param best_rate: SGD's selected rate (None without SGD runs).
     :param heads: Alrao's heads at the end, per seed.
-    :param wall_seconds: the sweep's wall time, over every invocation that trained runs.
+    :param wall_seconds: the sweep's wall time, over every invocation that recorded one (an interrupted
+        invocation records none).
+    :param train_seconds: the runs' training times summed (a population member counts its share of its
+        population's): the core time the sweep needs, however it was split into invocations.
     """
 
     entry: SuiteEnv
@@ -104,6 +107,7 @@ class EnvResult:
     best_rate: float | None
     heads: list[HeadsAtEnd] = field(default_factory=list)
     wall_seconds: float = 0.0
+    train_seconds: float = 0.0
 
     def row(self, method: str) -> MethodSummary | None:
         return next((r for r in self.rows if r.method == method), None)
@@ -164,7 +168,8 @@ def read_env(out: str, entry: SuiteEnv, seeds: int, floor_episodes: int = 20, re
     heads = [h for r in ordered if r.method == "alrao"
              if (h := alrao_heads_at_end(os.path.join(folder, r.logdir), r.seed)) is not None]
     wall = sum(float(e.get("wall_seconds", 0.0)) for e in sweep_history(folder))
-    return EnvResult(entry, floor, rows, best_rate, heads, wall), len(results), len(planned)
+    train = sum(r.wall_seconds for r in ordered if math.isfinite(r.wall_seconds))
+    return EnvResult(entry, floor, rows, best_rate, heads, wall, train), len(results), len(planned)
 
 
 @dataclass
@@ -412,11 +417,14 @@ def write_summary(out: str, suite: str, entries: Sequence[SuiteEnv], seeds: int,
         lines += ["", "![aggregate](aggregate.png)  \nLeft: IQM of the normalized scores with its 95% interval "
                   "(black: the estimate). Middle: the fraction of runs whose normalized score exceeds τ. Right: "
                   "the probability that an Alrao run beats a run of the method on the same env."]
-    wall = sum(e.wall_seconds for e in finished)
     if finished:
-        lines += ["", "## Compute", "", "Wall time of each env's sweep on this machine (every invocation that "
-                  "trained runs): " + ", ".join(f"{e.entry.env} {e.wall_seconds / 60:.0f} min" for e in finished)
-                  + f"; {wall / 3600:.1f} h in all."]
+        train = sum(e.train_seconds for e in finished)
+        lines += ["", "## Compute", "", "Training time of the runs, summed (core time; a population member counts "
+                  "its share of its population's): " + ", ".join(f"{e.entry.env} {e.train_seconds / 3600:.1f} h"
+                                                                 for e in finished)
+                  + f"; {train / 3600:.1f} core-hours in all. Wall time of the recorded invocations of each "
+                  "sweep on this machine: " + ", ".join(f"{e.entry.env} {e.wall_seconds / 60:.0f} min"
+                                                         for e in finished) + "."]
     with open(paths["summary"] + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(paths["summary"] + ".tmp", paths["summary"])
