@@ -377,3 +377,70 @@ def test_a_parameter_whose_norm_exceeds_max_weight_but_no_weight_does_is_left_al
         net.fc.weight[5, 2] = -5.5
     _train(net, opt, range(1, 2))
     assert opt.frozen_units() == 1 and torch.all(net.fc.weight[5] == 0)
+
+
+# --- the parameters' flat buffer (one reduction clears the guard) ---------------------------------------
+
+
+def test_parameters_live_in_one_flat_buffer_and_keep_their_identity() -> None:
+    net = _Net()
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    ids = [id(p) for p in net.parameters()]
+    opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1, max_weight=5.0)
+    flat = opt._flat
+    assert flat is not None and flat.flat.numel() == sum(p.numel() for p in net.parameters())
+    assert [id(p) for p in net.parameters()] == ids  # the same Parameters, their data now views of the buffer
+    for name, p in net.named_parameters():
+        assert torch.equal(p, before[name]) and p.untyped_storage().data_ptr() == flat.flat.untyped_storage().data_ptr()
+    assert flat.clear()
+
+
+@pytest.mark.parametrize("where", ["body", "heads"])
+def test_the_flat_check_and_the_exact_check_freeze_the_same_units(where: str) -> None:
+    """A weight above max_weight in the body (or a NaN in a head) is found through the flat buffer as the
+    exact per-parameter check finds it; after model.double() (the buffer no longer holds the weights) the
+    exact check alone still finds it."""
+    results = []
+    for move in (False, True):
+        torch.manual_seed(0)
+        model = AlraoModel(nn.Sequential(nn.Linear(2, 4), nn.ReLU()), nn.Linear(4, 1), n_heads=3, task="regression")
+        opt = AlraoSGD(model, eta_min=1e-3, eta_max=0.1, max_weight=5.0)
+        if move:
+            model.double()
+            assert not opt._flat.clear()  # moved: the buffer defers to the exact path
+        with torch.no_grad():
+            if where == "body":
+                model.body[0].weight[2, 1] = 50.0
+            else:
+                model.heads.weight[1, 0, 2] = math.nan
+        opt.step()
+        results.append((opt.frozen_units(), model.heads.dead.tolist()))
+    assert results[0] == results[1]
+    assert results[0] == ((1, [False, False, False]) if where == "body" else (2, [False, True, False]))
+
+
+def test_zero_grad_sets_every_gradient_to_none_or_zero() -> None:
+    net = _Net()
+    opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1)
+    _loss(net, 0).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_the_rates_follow_a_loaded_state() -> None:
+    """The optimizer's table of rates is rebuilt when load_state_dict replaces the state (a frozen unit in the
+    loaded state stays frozen)."""
+    net, other = _Net(), _Net()
+    opt = AlraoSGD(net, eta_min=1e-3, eta_max=0.1)
+    opt_other = AlraoSGD(other, eta_min=1e-3, eta_max=0.1, seed=1)
+    _train(net, opt, range(1))  # builds the table
+    with torch.no_grad():
+        opt_other.state[other.fc.weight]["alrao_rate"][0] = 0.0
+    opt.load_state_dict(opt_other.state_dict())
+    with torch.no_grad():
+        net.fc.weight[0].fill_(1.0)
+    _train(net, opt, range(1, 2))
+    assert torch.all(net.fc.weight[0] == 1.0)  # rate 0: it did not move
+    assert torch.equal(opt._rates([net.fc.weight])[0], opt_other.state[other.fc.weight]["alrao_rate"])

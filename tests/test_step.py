@@ -258,3 +258,20 @@ def test_the_body_gradients_are_autograd_grads() -> None:
     assert fast[-1] is None and slow[-1] is None
     for a, b in zip(fast[:-1], slow[:-1], strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_batch_whose_member_has_every_head_dead_trains_nothing() -> None:
+    """Dead heads are zeroed, so they output finite zeros; with every head dead the batch trains nothing."""
+    model = _model("regression", 2, "plain")
+    opt = AlraoSGD(model, eta_min=1e-3, eta_max=1.0, seed=0)
+    step = AlraoStep(model, opt)
+    model.heads.mark_dead(torch.ones(model.n_heads, dtype=torch.bool))
+    with torch.no_grad():
+        opt.guard([])  # zero and freeze them
+    body = copy.deepcopy(model.body.state_dict())
+    x, y, _ = _batches("regression", 2, False, steps=1)[0]
+    with pytest.warns(RuntimeWarning, match="every head is dead"):
+        result = step(x, y)
+    assert result.skipped and math.isnan(result.loss) and np.isneginf(result.head_ll).all()
+    for name, value in model.body.state_dict().items():
+        assert torch.equal(value, body[name]), name
