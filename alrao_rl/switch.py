@@ -239,7 +239,8 @@ class Switch(nn.Module):
             if device.type == "cpu" and dtype in _NUMPY_DTYPES and source.device.type == "cpu":
                 # numpy on the cached views of the buffers: no torch call on the hot path
                 host = self._host_buffers(self._scratch)[2 if filtered else 1]
-                log_a = host.astype(_NUMPY_DTYPES[dtype])
+                with np.errstate(over="ignore"):  # a log-weight below float32's range is -inf, as torch casts it
+                    log_a = host.astype(_NUMPY_DTYPES[dtype])
                 cached = (torch.from_numpy(log_a), torch.from_numpy(np.exp(log_a)))
             else:
                 log_a = source.to(device=device, dtype=dtype)
@@ -258,7 +259,8 @@ class Switch(nn.Module):
         cached = cache.get(key)
         if cached is None:
             host = self._host_buffers(self._scratch)[2 if filtered else 1]
-            log_a = np.asarray(host, dtype=dtype)
+            with np.errstate(over="ignore"):  # (as in averaging_weights)
+                log_a = np.asarray(host, dtype=dtype)
             cached = cache[key] = (log_a, np.exp(log_a))
         return cached  # type: ignore[return-value]
 
