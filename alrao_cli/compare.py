@@ -5,6 +5,7 @@
     python scripts/compare.py --env CartPole-v1 --seeds 3 --methods alrao,sgd,adam,adaqn
     python scripts/compare.py --env Pendulum-v1 --sgd-grid 1e-3,1e-2,1e-1 --backend ray
     python scripts/compare.py --task ptb --data-dir data/ptb --seeds 2 --epochs 5 --out results/ptb
+    python scripts/compare.py --suite paper --out docs/results        # 4 envs x 10 seeds, summary.md across envs
 
 For every seed: Alrao (per-unit rates in [--eta-min, --eta-max]), SGD at every rate of --sgd-grid, Adam
 with its defaults, and, named in --methods, AdaQN (--task rl: 4 DQN networks with Adam at 1e-5, 1e-4,
