@@ -156,7 +156,8 @@ class AlraoStep:
             var = self._variance(b, variance)
             ll = b.log_likelihoods(var)
             skip = None
-            every_head_dead = heads.any_dead and bool(heads.dead.view(p, b.n).all(dim=1).any())
+            # (a numpy view of the dead heads: no torch call per step, though a DQN always has some)
+            every_head_dead = heads.any_dead and heads.dead.numpy().reshape(p, b.n).all(axis=1).any()
             if every_head_dead or not np.isfinite(ll).all():  # rare: bad data, a diverged feature or head
                 z3, skip = self._rare(b, x, features, var)
                 if skip is not None and skip.all():
@@ -169,7 +170,7 @@ class AlraoStep:
             body_grads = _body_gradients(z3, self._body, grad_z) if self._body else ()
             self._update(b, body_grads, skip, plain)
         if heads.any_dead:  # dead for good: likelihood 0 for the switch, whatever they output now
-            ll = np.where(heads.dead.view(p, b.n).numpy(), -np.inf, ll)
+            ll = np.where(heads.dead.numpy().reshape(p, b.n), -np.inf, ll)
         if skip is not None:
             ll, loss = np.where(skip[:, None], -np.inf, ll), np.where(skip, math.nan, loss)
         self._switch.update(ll[0].tolist() if model.members is None else ll)
@@ -432,9 +433,9 @@ class _Batch:
     def gradients(self, var: np.ndarray, own_factor: np.ndarray) -> Tensor:
         """``dL_mix/dz = sum_j q_j g_j W_j`` ``[P, M, in]`` (Algorithm 1, line 12), with
         ``g = (mu - y) / (M sigma^2)`` or ``(softmax - onehot) / M``; and, kept as ``own``
-        ``[P, M, N*out]``, each head's own ``d L_j / d u_j`` times ``own_factor`` ``[P, N]`` (its
-        member's ``M sigma^2 g / (mu - y)`` factor, or what replaces it, times its rate and ``-lr``
-        for a plain step: see :meth:`AlraoStep._own_factor`), so that line 15 is ``W_j += own^T z``.
+        ``[P, M, N*out]``, each head's error ``mu - y`` (``softmax - onehot``) times ``own_factor``
+        ``[P, N]`` (:meth:`AlraoStep._own_factor`: ``1 / (M sigma^2)`` or the normalized step's factor,
+        times ``-lr eta_j`` for a plain step), so that line 15 is ``W_j += own^T [z, 1]``.
         """
         p, m = self.p, self.m
         if self.task == "classification":

@@ -238,10 +238,8 @@ class Switch(nn.Module):
         if cached is None:
             if device.type == "cpu" and dtype in _NUMPY_DTYPES and source.device.type == "cpu":
                 # numpy on the cached views of the buffers: no torch call on the hot path
-                host = self._host_buffers(self._scratch)[2 if filtered else 1]
-                with np.errstate(over="ignore"):  # a log-weight below float32's range is -inf, as torch casts it
-                    log_a = host.astype(_NUMPY_DTYPES[dtype])
-                cached = (torch.from_numpy(log_a), torch.from_numpy(np.exp(log_a)))
+                log_a, a = self.averaging_arrays(filtered, _NUMPY_DTYPES[dtype])
+                cached = (torch.from_numpy(log_a), torch.from_numpy(a))
             else:
                 log_a = source.to(device=device, dtype=dtype)
                 cached = (log_a, log_a.exp())
@@ -251,16 +249,18 @@ class Switch(nn.Module):
         return cached
 
     def averaging_arrays(self, filtered: bool, dtype: type[np.floating]) -> tuple[np.ndarray, np.ndarray]:
-        """``(log a, a)`` as numpy arrays of ``dtype`` (what :class:`alrao_rl.AlraoStep` computes with),
-        cached like :meth:`averaging_weights`. Do not modify them in place."""
+        """``(log a, a)`` as numpy arrays of ``dtype`` (what :class:`alrao_rl.AlraoStep` computes with; copies,
+        not views of the buffers), cached like :meth:`averaging_weights`. Do not modify them in place."""
         source: Tensor = self._buffers["log_filtered" if filtered else "log_predictive"]  # type: ignore[assignment]
         key = (filtered, dtype, source._version)
         cache = self._scratch.averaging
         cached = cache.get(key)
         if cached is None:
             host = self._host_buffers(self._scratch)[2 if filtered else 1]
-            with np.errstate(over="ignore"):  # (as in averaging_weights)
-                log_a = np.asarray(host, dtype=dtype)
+            with np.errstate(over="ignore"):  # a log-weight below float32's range is -inf, as torch casts it
+                log_a = host.astype(dtype)
+            if len(cache) > 8:
+                cache.clear()
             cached = cache[key] = (log_a, np.exp(log_a))
         return cached  # type: ignore[return-value]
 

@@ -21,9 +21,11 @@ import copy
 import itertools
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -179,6 +181,7 @@ def run_case(case: Case, rounds: int, steps: int) -> dict[str, float]:
         "fused_ratio": statistics.median(f / s for s, f in zip(times["sgd"], times["fused"], strict=True)),
         "user_ratio": statistics.median(u / s for s, u in zip(times["sgd"], times["user"], strict=True)),
         "aten_calls": aten_calls(runs) if PROFILE else {},
+        "python_calls": python_calls(runs) if PROFILE else {},
     }
 
 
@@ -197,6 +200,26 @@ def aten_calls(runs: dict[str, Callable[[], None]]) -> dict[str, int]:
             1 for e in prof.events()
             if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
         )
+    return counts
+
+
+def python_calls(runs: dict[str, Callable[[], None]]) -> dict[str, int]:
+    """Python-level calls (Python functions and the C functions Python calls, ``sys.setprofile``'s events) of
+    one call of each run: what costs on a small network besides the aten calls."""
+    counts = {}
+    for name, run in runs.items():
+        n = 0
+
+        def count(_frame: Any, event: str, _arg: Any) -> None:
+            nonlocal n
+            n += event in ("call", "c_call")
+
+        sys.setprofile(count)
+        try:
+            run()
+        finally:
+            sys.setprofile(None)
+        counts[name] = n
     return counts
 
 
@@ -223,7 +246,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds per case")
     parser.add_argument("--only", type=str, default="", help="run only cases whose name contains this")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every ratio")
-    parser.add_argument("--profile", action="store_true", help="also count the aten calls per step")
+    parser.add_argument("--profile", action="store_true", help="also count the aten and Python calls per step")
     args = parser.parse_args()
     PROFILE = args.profile
     torch.set_num_threads(1)
@@ -245,7 +268,7 @@ def main() -> None:
             print(f"{case.name:46s} {r['sgd_s'] * 1e6:6.0f}us {r['fused_s'] * 1e6:6.0f}us {r['fused_ratio']:6.2f} "
                   f"{case.target:6.2f} {ok:4s} {r['user_s'] * 1e6:6.0f}us {r['user_ratio']:6.2f} {user}")
             if r["aten_calls"]:
-                print(f"{'':46s} aten calls per step: {r['aten_calls']}")
+                print(f"{'':46s} aten calls per step: {r['aten_calls']}, Python calls: {r['python_calls']}")
     build = rate_build_time()
     if args.json:
         print(json.dumps({"cases": results, "vgg19_rates_seconds": build}))
