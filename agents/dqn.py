@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, RunningVariance
+from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, PopArt, RunningVariance
 from alrao_rl.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -149,7 +149,8 @@ class DQNConfig:
     """steps over which epsilon decays linearly."""
     td_variance: str = "running"
     """Alrao: the heads' Gaussian variance: 'running' (a running mean of the averaged model's squared
-    TD error, so the likelihood has the scale of the TD errors) or 'unit' (1, as in the paper)."""
+    TD error, so the likelihood has the scale of the TD errors), 'unit' (1, as in the paper) or 'switch' (the
+    loss at variance 1, the switch scoring the heads at the running variance)."""
     max_weight: float | None = 100.0
     """Alrao: freeze a unit once one of its weights exceeds this (None: only non-finite ones)."""
     averaging: str = "filtered"
@@ -158,6 +159,9 @@ class DQNConfig:
     """Alrao: each head's own step 'plain' (Algorithm 1's eta_j grad) or 'normalized' (divided by the
     trace of its curvature, E||[z, 1]||^2 / sigma^2: the heads' rates keep their meaning while the body's
     features grow; measured in the README: no dead heads, lower returns)."""
+    value_norm: str = "none"
+    """Alrao: 'none' (the heads learn the TD targets) or 'popart' (they learn the TD targets divided by their
+    running root mean square, and are rescaled with it so that their Q-values never jump: alrao_rl.PopArt)."""
     checkpoint_every: int = 10_000
     """steps between checkpoints (written at the next episode end)."""
 
@@ -210,12 +214,14 @@ class DQNConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_weight is not None and not self.max_weight > 0:
             raise ValueError(f"max_weight must be > 0, got {self.max_weight}")
-        if self.td_variance not in ("unit", "running"):
-            raise ValueError(f"td_variance must be 'unit' or 'running', got {self.td_variance!r}")
+        if self.td_variance not in ("unit", "running", "switch"):
+            raise ValueError(f"td_variance must be 'unit', 'running' or 'switch', got {self.td_variance!r}")
         if self.averaging not in ("filtered", "predictive"):
             raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
         if self.head_step not in ("normalized", "plain"):
             raise ValueError(f"head_step must be 'normalized' or 'plain', got {self.head_step!r}")
+        if self.value_norm not in ("popart", "none"):
+            raise ValueError(f"value_norm must be 'popart' or 'none', got {self.value_norm!r}")
         rates = self.adaqn_rates
         if not isinstance(rates, tuple) or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
                                                    for r in rates):
@@ -291,7 +297,7 @@ class DQNAgent:
         self.adaqn: AdaQN | None = None
         torch.manual_seed(config.seed)
         # the heads' variance: a running mean of the averaged model's squared TD error, or 1
-        self.variance: RunningVariance | float = RunningVariance() if config.td_variance == "running" else 1.0
+        self.variance: RunningVariance | float = RunningVariance() if config.td_variance != "unit" else 1.0
         if optimizer_factory is not None and config.method in ("alrao", "adaqn"):
             raise ValueError(f"optimizer_factory replaces the optimizer of a plain network; {config.method!r} has "
                              f"its own")
@@ -325,6 +331,14 @@ class DQNAgent:
         else:
             self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=lr)
         self.alrao_step = AlraoStep(self.q_net, self.optimizer) if self.alrao else None  # type: ignore[arg-type]
+        self.popart = PopArt() if self.alrao and config.value_norm == "popart" else None
+
+    @property
+    def variances(self) -> dict[str, float | RunningVariance]:
+        """The step's ``variance`` (the loss's) and ``switch_variance`` (the switch's), as ``td_variance`` says."""
+        if self.config.td_variance == "switch":
+            return {"variance": 1.0, "switch_variance": self.variance}
+        return {"variance": self.variance}
 
     @property
     def td_variance(self) -> float | None:
@@ -338,7 +352,8 @@ class DQNAgent:
         (``nn.Linear`` on one observation takes a matrix-vector kernel that rounds differently): a population's
         members act as their runs alone."""
         if self.alrao:
-            return self.q_net.predict(obs)
+            q = self.q_net.predict(obs)
+            return q if self.popart is None else self.popart.denormalize(q)
         net = self.q_net
         if self.adaqn is not None:
             net = self.adaqn.online.members[self.adaqn.selected if member is None else member]
@@ -354,7 +369,8 @@ class DQNAgent:
     def target_q_values(self, obs: Tensor) -> Tensor:
         """``Q_target(s, .)``; Alrao: the target heads averaged with the *online* switch weights."""
         if self.alrao:
-            return self.target_net.predict(obs, switch=self.q_net.switch)
+            q = self.target_net.predict(obs, switch=self.q_net.switch)
+            return q if self.popart is None else self.popart.denormalize(q)
         return self.target_net(obs)
 
     def greedy_action(self, obs: np.ndarray) -> int:
@@ -383,7 +399,9 @@ class DQNAgent:
         next_q_max = self.target_q_values(batch.next_observations).max(dim=1).values
         y = td_target(batch.rewards, batch.terminated, next_q_max, config.gamma)
         if self.alrao_step is not None:  # the fused step: loss, backward, step and switch update at once
-            loss = self.alrao_step(batch.observations, y, index=batch.actions, variance=self.variance).loss
+            if self.popart is not None:  # the heads learn y normalized; online and target heads keep their outputs
+                y = self.popart.update(y, (self.q_net.heads, self.target_net.heads))
+            loss = self.alrao_step(batch.observations, y, index=batch.actions, **self.variances).loss
         else:
             q = self.q_net(batch.observations).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
             huber = nn.functional.smooth_l1_loss(q, y)
@@ -402,6 +420,7 @@ class DQNAgent:
             "target_net": self.target_net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "td_variance": self.td_variance,
+            **({} if self.popart is None else {"popart": self.popart.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -413,6 +432,8 @@ class DQNAgent:
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.popart is not None:
+            self.popart.load_state_dict(state["popart"])
 
 
 def evaluate(agent: DQNAgent, env: gym.Env, seeds: list[int]) -> tuple[float, float]:
@@ -454,6 +475,7 @@ COMPATIBLE_KEYS = (
     "max_weight",
     "averaging",
     "head_step",
+    "value_norm",
     "adaqn_rates",
     "adaqn_window",
     "eval_every",
@@ -471,10 +493,12 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
 def _as_used(state: dict[str, Any]) -> dict[str, Any]:
     """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
     a run started with the default and resumed with it written out is the same run. A run saved before
-    ``head_step`` existed took plain steps; one saved before AdaQN existed was not AdaQN, whose settings it
-    is given (they play no part in its method)."""
+    ``head_step`` existed took plain steps, one saved before ``value_norm`` existed no normalization; one saved
+    before AdaQN existed was not AdaQN, whose settings it is given (they play no part in its method)."""
     if "head_step" not in state:
         state = {**state, "head_step": "plain"}
+    if "value_norm" not in state:
+        state = {**state, "value_norm": "none"}
     for name in ("adaqn_rates", "adaqn_window"):
         if name not in state:
             state = {**state, name: _config_state(DQNConfig())[name]}

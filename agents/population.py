@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, RunningVariance, register_unit_rule
+from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, PopArt, RunningVariance, register_unit_rule
 from alrao_rl.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, stop_requests
 from envs import make_env
 
@@ -221,16 +221,25 @@ class _AlraoGroup(_Group):
         self._online_params = list(self.online.parameters())
         self._target_params = list(self.target.parameters())
         self.step = AlraoStep(self.online, self.optimizer)
-        self.variance: RunningVariance | float = RunningVariance(members=p) if c0.td_variance == "running" else 1.0
+        self.variance: RunningVariance | float = RunningVariance(members=p) if c0.td_variance != "unit" else 1.0
+        self.variances: dict[str, Any] = {"variance": self.variance}
+        if c0.td_variance == "switch":
+            self.variances = {"variance": 1.0, "switch_variance": self.variance}
+        self.popart = PopArt(members=p) if c0.value_norm == "popart" else None
 
     def q_values(self, obs: Tensor) -> Tensor:
-        return self.online.predict(obs)
+        q = self.online.predict(obs)
+        return q if self.popart is None else self.popart.denormalize(q)
 
     def train_step(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
                    terminated: Tensor) -> np.ndarray:
-        next_q = self.target.predict(next_obs, switch=self.online.switch).amax(dim=2)
-        y = td_target(rewards, terminated, next_q, self.gamma)
-        result = self.step(obs, y, index=actions, variance=self.variance)
+        next_q = self.target.predict(next_obs, switch=self.online.switch)
+        if self.popart is not None:
+            next_q = self.popart.denormalize(next_q)
+        y = td_target(rewards, terminated, next_q.amax(dim=2), self.gamma)
+        if self.popart is not None:
+            y = self.popart.update(y, (self.online.heads, self.target.heads))
+        result = self.step(obs, y, index=actions, **self.variances)
         self._soft_update()
         return np.asarray(result.loss)
 
@@ -257,6 +266,7 @@ class _AlraoGroup(_Group):
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "variance": self.variance.state_dict() if isinstance(self.variance, RunningVariance) else None,
+            **({} if self.popart is None else {"popart": self.popart.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -265,6 +275,8 @@ class _AlraoGroup(_Group):
         self.optimizer.load_state_dict(state["optimizer"])
         if isinstance(self.variance, RunningVariance):
             self.variance.load_state_dict(state["variance"])
+        if self.popart is not None:
+            self.popart.load_state_dict(state["popart"])
 
 
 class _PlainGroup(_Group):
@@ -708,6 +720,8 @@ class PopulationDQN:
                 rate.masked_fill_(frozen.view_as(rate), 0.0)
             value = group.td_variances()[j]
             agent.variance = RunningVariance(value=value) if isinstance(group.variance, RunningVariance) else 1.0
+            if group.popart is not None and agent.popart is not None:
+                agent.popart.load_state_dict({name: [v[j]] for name, v in group.popart.state_dict().items()})
         return agent
 
     def test(self, seeds: Sequence[Sequence[int]]) -> list[tuple[float, float, int, bool]]:

@@ -43,7 +43,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, AlraoStep, RunningVariance, Switch
+from alrao_rl import AlraoAdam, AlraoModel, AlraoOutput, AlraoSGD, AlraoStep, PopArt, RunningVariance, Switch
 
 __all__ = ["AlraoDQN", "AlraoDQNPolicy", "AlraoQNetwork"]
 
@@ -74,6 +74,10 @@ class AlraoQNetwork(BasePolicy):
     :param n_heads: number of Alrao output heads ``N``.
     :param averaging: ``"filtered"`` or ``"predictive"`` switch posterior (see
         :class:`alrao_rl.AlraoModel`).
+    :param head_step: each head's own step, ``"plain"`` or ``"normalized"`` (see :class:`alrao_rl.AlraoModel`).
+
+    ``value_scale``: the :class:`alrao_rl.PopArt` whose scale maps the heads' outputs back to Q-values
+    (set by :class:`AlraoDQN`; None: the heads output Q-values).
     """
 
     action_space: spaces.Discrete
@@ -89,10 +93,13 @@ class AlraoQNetwork(BasePolicy):
         normalize_images: bool = True,
         n_heads: int = 10,
         averaging: str = "filtered",
+        head_step: str = "plain",
     ) -> None:
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
         )
+        self.head_step = head_step
+        self.value_scale: PopArt | None = None
         if net_arch is None:
             net_arch = [64, 64]
         self.net_arch = net_arch
@@ -103,7 +110,8 @@ class AlraoQNetwork(BasePolicy):
         # Same layers, created in the same order, as SB3's QNetwork (hence the same initial weights).
         body = nn.Sequential(*create_mlp(features_dim, -1, net_arch, activation_fn))
         head = nn.Linear(net_arch[-1] if net_arch else features_dim, int(action_space.n))
-        self.alrao_model = AlraoModel(body, head, n_heads=n_heads, task="regression", averaging=averaging)  # type: ignore[arg-type]
+        self.alrao_model = AlraoModel(body, head, n_heads=n_heads, task="regression", averaging=averaging,  # type: ignore[arg-type]
+                                      head_step=head_step)  # type: ignore[arg-type]
 
     def alrao_output(self, obs: PyTorchObs) -> AlraoOutput:
         """The Alrao forward pass: every head's Q-values and the body output (differentiable).
@@ -120,7 +128,8 @@ class AlraoQNetwork(BasePolicy):
         :param switch: average with this switch instead of this network's own (the target network
             is averaged with the online switch).
         """
-        return self.alrao_model.predict(self.extract_features(obs, self.features_extractor), switch=switch)
+        q = self.alrao_model.predict(self.extract_features(obs, self.features_extractor), switch=switch)
+        return q if self.value_scale is None else self.value_scale.denormalize(q)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         return self(observation).argmax(dim=1).reshape(-1)
@@ -134,6 +143,7 @@ class AlraoQNetwork(BasePolicy):
             features_extractor=self.features_extractor,
             n_heads=self.n_heads,
             averaging=self.averaging,
+            head_step=self.head_step,
         )
         return data
 
@@ -175,6 +185,8 @@ class AlraoDQNPolicy(DQNPolicy):
     :param averaging: ``"filtered"`` (default; protects the TD targets from diverged heads) or
         ``"predictive"`` switch posterior.
     :param alrao_seed: seed of the per-unit rates; None: 0 (``AlraoDQN`` passes its own ``seed``).
+    :param head_step: each head's own step: ``"plain"`` (default, Algorithm 1, as ``agents.dqn.DQNConfig``) or
+        ``"normalized"`` (divided by the trace of its curvature); see :class:`alrao_rl.AlraoModel`.
     """
 
     q_net: AlraoQNetwork  # type: ignore[assignment]
@@ -199,6 +211,7 @@ class AlraoDQNPolicy(DQNPolicy):
         max_weight: float | None = 100.0,
         averaging: str = "filtered",
         alrao_seed: int | None = None,
+        head_step: str = "plain",
     ) -> None:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, (AlraoSGD, AlraoAdam))):
             raise TypeError(
@@ -212,6 +225,7 @@ class AlraoDQNPolicy(DQNPolicy):
         self.n_heads = n_heads
         self.max_weight = max_weight
         self.averaging = averaging
+        self.head_step = head_step
         self.alrao_seed = 0 if alrao_seed is None else alrao_seed
         self._alrao_trainer = False
         super().__init__(
@@ -240,7 +254,7 @@ class AlraoDQNPolicy(DQNPolicy):
 
     def make_q_net(self) -> AlraoQNetwork:  # type: ignore[override]
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
-        net_args.update(n_heads=self.n_heads, averaging=self.averaging)
+        net_args.update(n_heads=self.n_heads, averaging=self.averaging, head_step=self.head_step)
         return AlraoQNetwork(**net_args).to(self.device)
 
     def set_training_mode(self, mode: bool) -> None:
@@ -265,11 +279,13 @@ class AlraoDQNPolicy(DQNPolicy):
             max_weight=self.max_weight,
             averaging=self.averaging,
             alrao_seed=self.alrao_seed,
+            head_step=self.head_step,
         )
         return data
 
 
 TD_VARIANCES: tuple[str, ...] = ("running", "unit")
+VALUE_NORMS: tuple[str, ...] = ("popart", "none")
 
 
 class AlraoDQN(DQN):
@@ -295,6 +311,10 @@ class AlraoDQN(DQN):
         module docstring), so the likelihood has the scale of the TD errors; ``"unit"``: 1, as in
         the paper. The current value is the attribute ``heads_variance`` (None before the first
         ``train()``), saved by ``save``/``load``.
+    :param value_norm: ``"none"`` (default, as ``agents.dqn.DQNConfig``): the heads learn the TD targets as they
+        are; ``"popart"``: they learn TD targets divided by their running root mean square and are rescaled with
+        it, so their outputs in return units never jump (:class:`alrao_rl.PopArt`; ``q_net(obs)`` returns
+        Q-values in return units; its state is the attribute ``popart_state``, saved by ``save``/``load``).
 
     Everything else is SB3's ``DQN``: replay, epsilon-greedy exploration, target updates every
     ``target_update_interval`` steps with ``tau`` (the target's heads are averaged with the online
@@ -342,10 +362,15 @@ class AlraoDQN(DQN):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
         td_variance: str = "running",
+        value_norm: str = "none",
     ) -> None:
         if td_variance not in TD_VARIANCES:
             raise ValueError(f"td_variance must be one of {TD_VARIANCES}, got {td_variance!r}")
+        if value_norm not in VALUE_NORMS:
+            raise ValueError(f"value_norm must be one of {VALUE_NORMS}, got {value_norm!r}")
         self.td_variance = td_variance
+        self.value_norm = value_norm
+        self.popart_state: dict[str, Any] | None = None
         self.heads_variance: float | None = 1.0 if td_variance == "unit" else None
         super().__init__(
             policy, env, learning_rate, buffer_size, learning_starts, batch_size, tau, gamma, train_freq,
@@ -368,6 +393,10 @@ class AlraoDQN(DQN):
         # the tag scripts/run_dqn.py uses: one name for the averaging weights actually used
         self._posterior_keys = tuple(f"alrao/posterior/head_{j}" for j in range(self.policy.n_heads))
         self.policy._alrao_trainer = True  # lets the policy enter training mode (see AlraoDQNPolicy)
+        self._popart = PopArt() if self.value_norm == "popart" else None
+        if self._popart is not None and self.popart_state is not None:  # (a loaded model)
+            self._popart.load_state_dict(self.popart_state)
+        self.policy.q_net.value_scale = self.policy.q_net_target.value_scale = self._popart
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """``gradient_steps`` Alrao DQN steps on minibatches from the replay buffer.
@@ -402,6 +431,8 @@ class AlraoDQN(DQN):
                 next_q = next_q.max(dim=1).values.reshape(-1, 1)
                 target = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q
             target = target.reshape(-1)
+            if self._popart is not None:  # the heads learn y rescaled; online and target heads keep their outputs
+                target = self._popart.update(target, (model.heads, self.q_net_target.alrao_model.heads))
             obs, actions = replay_data.observations, replay_data.actions.long().reshape(-1)
             z = model.body(self.q_net.extract_features(obs, self.q_net.features_extractor))
             if step is not None:
@@ -421,6 +452,8 @@ class AlraoDQN(DQN):
             model.switch.update(head_ll)
         if isinstance(variance, RunningVariance):
             self.heads_variance = variance.value
+        if self._popart is not None:
+            self.popart_state = self._popart.state_dict()
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -431,7 +464,7 @@ class AlraoDQN(DQN):
             self.logger.record(key, a_j)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_posterior_keys", "_alrao_step"]
+        return [*super()._excluded_save_params(), "_posterior_keys", "_alrao_step", "_popart"]
 
     def learn(
         self: SelfAlraoDQN,

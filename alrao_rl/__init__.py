@@ -4,6 +4,7 @@ from .heads import AlraoHeads
 from .losses import alrao_loss
 from .model import AlraoModel, AlraoOutput
 from .optim import AlraoAdam, AlraoSGD
+from .popart import PopArt
 from .rates import log_spaced, log_uniform, register_unit_rule, sample_unit_rates
 from .step import AlraoStep, StepResult
 from .switch import Switch
@@ -16,6 +17,7 @@ __all__ = [
     "AlraoOutput",
     "AlraoSGD",
     "AlraoStep",
+    "PopArt",
     "RunningVariance",
     "StepResult",
     "Switch",

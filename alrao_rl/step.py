@@ -125,6 +125,7 @@ class AlraoStep:
         *,
         index: Tensor | None = None,
         variance: float | np.ndarray | RunningVariance = 1.0,
+        switch_variance: float | np.ndarray | RunningVariance | None = None,
         features: Tensor | None = None,
     ) -> StepResult:
         """One training step on a minibatch.
@@ -136,6 +137,10 @@ class AlraoStep:
         :param variance: regression: the heads' Gaussian variance ``sigma^2``: a number (``[P]`` with
             members), or a :class:`alrao_rl.RunningVariance` updated first with this minibatch's
             squared error of the averaged model.
+        :param switch_variance: regression: the variance of the Gaussian likelihoods the switch scores the heads
+            with (same forms as ``variance``); None: ``variance``. A loss at variance 1 (the paper's squared error)
+            with the switch at a running variance trains at fixed rates while the switch tells heads apart at
+            the scale of their errors.
         :param features: the body's output ``z`` for ``x``, computed by the caller with autograd
             (a recurrent body, a features extractor); default ``model.body(x)``.
         """
@@ -154,16 +159,17 @@ class AlraoStep:
         with torch.no_grad(), np.errstate(all="ignore"):
             b = _Batch(self, z3, target, index)
             var = self._variance(b, variance)
-            ll = b.log_likelihoods(var)
+            svar = None if switch_variance is None else self._variance(b, switch_variance)
+            ll = b.log_likelihoods(var, svar)
             skip = None
             # (a numpy view of the dead heads: no torch call per step, though a DQN always has some)
             every_head_dead = heads.any_dead and heads.dead.numpy().reshape(p, b.n).all(axis=1).any()
             if every_head_dead or not np.isfinite(ll).all():  # rare: bad data, a diverged feature or head
-                z3, skip = self._rare(b, x, features, var)
+                z3, skip = self._rare(b, x, features, var, svar)
                 if skip is not None and skip.all():
                     self.optimizer.guard([(g, g["params"]) for g in self.optimizer.param_groups])
                     return self._result(np.full(p, math.nan), np.full((p, b.n), -np.inf), skip, var)
-                ll = b.log_likelihoods(var)
+                ll = b.log_likelihoods(var, svar)
             loss = b.mixture()
             plain = self.optimizer.plain
             grad_z = b.gradients(var, self._own_factor(b, var, skip, plain))
@@ -245,7 +251,7 @@ class AlraoStep:
         return cached[1]
 
     def _rare(
-        self, b: _Batch, x: Tensor | None, features: Tensor, var: np.ndarray
+        self, b: _Batch, x: Tensor | None, features: Tensor, var: np.ndarray, svar: np.ndarray | None
     ) -> tuple[Tensor, np.ndarray | None]:
         """Sort out non-finite values (module docstring); return the features to use ``[P, M, in]``
         and the ``[P]`` mask of the members whose batch trains nothing (None if none)."""
@@ -277,7 +283,7 @@ class AlraoStep:
             b.set_features(z3)
         # the heads' fault: non-finite outputs or likelihoods
         usable = torch.isfinite(b.values.view(p, b.m, b.n, b.c)).all(dim=3).all(dim=1)
-        usable &= torch.from_numpy(np.isfinite(b.log_likelihoods(var)))
+        usable &= torch.from_numpy(np.isfinite(b.log_likelihoods(var, svar)))
         none = ~usable.any(dim=1).numpy() & ~skip
         if none.any():
             _warn("no head has a finite likelihood on this batch (the body diverged?); it trains nothing")
@@ -384,9 +390,10 @@ class _Batch:
         total = (error * error).sum(axis=1, dtype=np.float64) / error.shape[1]
         return float(total[0]) if self.p == 1 else total
 
-    def log_likelihoods(self, var: np.ndarray) -> np.ndarray:
+    def log_likelihoods(self, var: np.ndarray, switch_var: np.ndarray | None = None) -> np.ndarray:
         """``ll_j = mean_b log p_j(y_b)``, float64 ``[P, N]``, and what :meth:`mixture` needs:
-        ``joint = log a_j + log p_j(y_b) - const`` ``[P, M, N]``."""
+        ``joint = log a_j + log p_j(y_b) - const`` ``[P, M, N]``. Regression: ``joint`` with the variance of
+        the loss ``var``, ``ll`` (what the switch sees) with ``switch_var`` (default ``var``)."""
         p, m, n = self.p, self.m, self.n
         if self.task == "classification":
             self.log_p = torch.log_softmax(self.values.view(p, m, n, self.c), dim=3)
@@ -408,8 +415,12 @@ class _Batch:
         self.joint = self.log_a + sq * self.member_factor(-0.5 / var)
         self.const = -0.5 * dim * (_LOG_2PI + np.log(var))
         ll = sq.sum(axis=1, dtype=np.float64)
-        ll *= (-0.5 / (var * m))[:, None]
-        ll += self.const[:, None]
+        if switch_var is None:
+            ll *= (-0.5 / (var * m))[:, None]
+            ll += self.const[:, None]
+        else:
+            ll *= (-0.5 / (switch_var * m))[:, None]
+            ll += (-0.5 * dim * (_LOG_2PI + np.log(switch_var)))[:, None]
         return ll
 
     def member_factor(self, values: np.ndarray) -> np.ndarray:

@@ -1,14 +1,15 @@
-"""The heads' rate grid while the body learns: plain head steps (Algorithm 1) against normalized ones.
+"""The heads' rate grid while the body learns: plain head steps (Algorithm 1), normalized ones, and
+normalized ones on PopArt-rescaled targets.
 
-For each environment, trains Alrao DQN runs (one population per head step, ``--seeds`` seeds, the
-DQN defaults) with :class:`agents.probe.HeadProbe` and reports, per run: the final return, the
+For each environment, trains Alrao DQN runs (one population per variant, ``--seeds`` seeds, the
+DQN defaults otherwise) with :class:`agents.probe.HeadProbe` and reports, per run: the final return, the
 switch's winner at the end (the head with the largest averaging weight) and its ``s_j`` (the fraction
 of the error its step corrects along the top curvature direction), the dead heads, and each head's
 ``s_j`` when it died; then draws, over training, the body's feature norm ``mean ||z||``, the top
 eigenvalue ``lambda`` of the heads' input Gram matrix, the number of dead heads and the winner.
 
     python benchmarks/probe_heads.py --out docs/results/heads                     # 4 envs, 3 seeds
-    python benchmarks/probe_heads.py --envs CartPole-v1:50000 --seeds 5 --out /tmp/heads
+    python benchmarks/probe_heads.py --envs CartPole-v1:50000 --seeds 5 --variants popart --out /tmp/heads
     python benchmarks/probe_heads.py --out docs/results/heads --plot-only        # redraw from the CSVs
 """
 
@@ -25,11 +26,18 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 DEFAULT_ENVS = "CartPole-v1:50000,Pendulum-v1:30000,Acrobot-v1:50000,LunarLander-v3:250000"
-VARIANTS = ("plain", "normalized")
+VARIANTS: dict[str, dict[str, str]] = {
+    "plain": {"head_step": "plain", "value_norm": "none"},
+    "normalized": {"head_step": "normalized", "value_norm": "none"},
+    "popart": {"head_step": "normalized", "value_norm": "popart"},
+}
+"""Each variant's Alrao settings: Algorithm 1's plain head steps; head steps normalized by their curvature;
+normalized head steps on TD targets rescaled by PopArt (``alrao_rl.PopArt``)."""
+COLORS = {"plain": "tab:red", "normalized": "tab:blue", "popart": "tab:green"}
 
 
-def run_variant(env: str, steps: int, head_step: str, seeds: int, out: str, every: int) -> dict[str, Any]:
-    """One population of Alrao runs with the probe; writes ``probe-<env>-<head_step>.csv``."""
+def run_variant(env: str, steps: int, variant: str, seeds: int, out: str, every: int) -> dict[str, Any]:
+    """One population of Alrao runs with the probe; writes ``probe-<env>-<variant>.csv``."""
     import torch
 
     from agents.dqn import DQNConfig
@@ -39,15 +47,15 @@ def run_variant(env: str, steps: int, head_step: str, seeds: int, out: str, ever
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RuntimeWarning)
     eval_every = max(steps // 10, 1000)
-    configs = [DQNConfig(env=env, method="alrao", head_step=head_step, seed=s, total_steps=steps,
-                         eval_every=eval_every) for s in range(seeds)]
-    probe = HeadProbe(every=every, label=head_step)
+    configs = [DQNConfig(env=env, method="alrao", seed=s, total_steps=steps, eval_every=eval_every,
+                         **VARIANTS[variant]) for s in range(seeds)]  # type: ignore[arg-type]
+    probe = HeadProbe(every=every, label=variant)
     summaries = PopulationDQN(configs).train(None, None, progress=False, on_update=probe)
-    probe.write_csv(os.path.join(out, f"probe-{env}-{head_step}.csv"))
+    probe.write_csv(os.path.join(out, f"probe-{env}-{variant}.csv"))
     finals = [s["final_eval_return_mean"] for s in summaries]
-    with open(os.path.join(out, f"returns-{env}-{head_step}.json"), "w") as f:
+    with open(os.path.join(out, f"returns-{env}-{variant}.json"), "w") as f:
         json.dump({"finals": finals, "evals": [s.get("best_eval_return_mean") for s in summaries]}, f)
-    return {"env": env, "head_step": head_step, "finals": finals}
+    return {"env": env, "variant": variant, "finals": finals}
 
 
 def read_probe(path: str) -> list[dict[str, float]]:
@@ -75,7 +83,7 @@ def deaths(rows: list[dict[str, float]]) -> list[float]:
 
 def summarize(out: str, envs: list[tuple[str, int]]) -> list[str]:
     """The table (Markdown lines) of every env and variant found in ``out``."""
-    lines = ["| env | head step | final return (mean over seeds) | winner head at the end (per seed) | "
+    lines = ["| env | variant | final return (mean over seeds) | winner head at the end (per seed) | "
              "winner's s_j | dead heads at the end | s_j of heads when they died (median, range) |",
              "|---|---|---|---|---|---|---|"]
     for env, _ in envs:
@@ -109,7 +117,7 @@ def plot(out: str, envs: list[tuple[str, int]]) -> None:
               ("dead", "dead heads", False), ("winner", "switch's winner (head index)", False))
     fig, axes = plt.subplots(len(envs), len(panels), figsize=(16, 3.2 * len(envs)), squeeze=False)
     for i, (env, _) in enumerate(envs):
-        for variant, color in zip(VARIANTS, ("tab:red", "tab:blue"), strict=True):
+        for variant, color in COLORS.items():
             path = os.path.join(out, f"probe-{env}-{variant}.csv")
             if not os.path.exists(path):
                 continue
@@ -141,17 +149,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
     parser.add_argument("--every", type=int, default=100, help="record every this many updates (default: 100)")
     parser.add_argument("--workers", type=int, default=2, help="populations trained in parallel (default: 2)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--out", required=True, help="output folder (CSVs, heads.png, heads.md)")
     parser.add_argument("--plot-only", action="store_true", help="redraw from the CSVs in --out")
     args = parser.parse_args()
     envs = [(e.split(":")[0], int(e.split(":")[1])) for e in args.envs.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     os.makedirs(args.out, exist_ok=True)
     if not args.plot_only:
-        jobs = [(env, steps, v, args.seeds, args.out, args.every) for env, steps in envs for v in VARIANTS]
+        jobs = [(env, steps, v, args.seeds, args.out, args.every) for env, steps in envs for v in variants]
         jobs.sort(key=lambda j: -j[1])  # the longest first
         with ProcessPoolExecutor(args.workers) as pool:
             for result in pool.map(run_variant, *zip(*jobs, strict=True)):
-                print(f"{result['env']} {result['head_step']}: final returns {result['finals']}", flush=True)
+                print(f"{result['env']} {result['variant']}: final returns {result['finals']}", flush=True)
     plot(args.out, envs)
     table = summarize(args.out, envs)
     with open(os.path.join(args.out, "heads.md"), "w") as f:

@@ -171,7 +171,7 @@ DQN = [
     ("--eps-end -0.1", "--eps-end must be in [0, 1]"),
     ("--max-weight 0", "--max-weight must be > 0"),
     ("--max-weight nan", "--max-weight must be > 0, got nan"),
-    ("--td-variance bogus", "--td-variance must be 'unit' or 'running'"),
+    ("--td-variance bogus", "--td-variance must be 'unit', 'running' or 'switch'"),
     ("--averaging bogus", "--averaging must be 'filtered' or 'predictive'"),
     ("--env Nope-v0", "Unknown environment id 'Nope-v0'"),
     ("--env ''", "Malformed environment id"),

@@ -90,17 +90,24 @@ def test_a_population_of_one_is_its_single_run(method: str, tmp_path: Path) -> N
     assert all(torch.equal(p, s) for s, p in zip(singles, _member_state(pop, 0).values(), strict=True))
 
 
-def test_a_population_of_plain_head_steps_equals_its_single_runs(tmp_path: Path) -> None:
-    configs = [DQNConfig(method="alrao", head_step="plain", seed=s, **SHORT) for s in (0, 1)]
+@pytest.mark.parametrize("variant", [{"head_step": "plain", "value_norm": "none"},
+                                     {"head_step": "normalized", "value_norm": "popart"}])
+def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict, tmp_path: Path) -> None:
+    configs = [DQNConfig(method="alrao", seed=s, **variant, **SHORT) for s in (0, 1)]
     pop = PopulationDQN(configs)
     pop.train(None, None, progress=False)
-    assert pop.groups[0].online.head_step == "plain"
+    group = pop.groups[0]
+    assert group.online.head_step == variant["head_step"]
+    assert (group.popart is not None) == (variant["value_norm"] == "popart")
     for k, config in enumerate(configs):
         train(config, str(tmp_path / f"single{k}"), progress=False)
-        saved = load_checkpoint(tmp_path / f"single{k}" / "checkpoint.pt")["agent"]["q_net"]
-        singles = [v for n, v in saved.items() if v.dtype.is_floating_point and "switch" not in n]
+        saved = load_checkpoint(tmp_path / f"single{k}" / "checkpoint.pt")["agent"]
+        singles = [v for n, v in saved["q_net"].items() if v.dtype.is_floating_point and "switch" not in n]
         for s, p in zip(singles, _member_state(pop, k).values(), strict=True):
             assert torch.equal(p, s), f"member {k}"
+        if group.popart is not None:  # the same scale, and the exported member carries it
+            assert saved["popart"]["second"] == [group.popart.second[k]]
+            assert pop.member_agent(k).popart.state_dict() == saved["popart"]
 
 
 def test_the_population_resumes_exactly(tmp_path: Path) -> None:

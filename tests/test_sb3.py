@@ -91,28 +91,35 @@ def test_policy_is_the_alrao_model_with_alrao_sgd() -> None:
 
 
 def test_q_values_are_the_switch_average_of_the_heads() -> None:
-    model = _model()
+    model = _model(value_norm="popart")
     model.learn(300)
     obs = torch.as_tensor(np.random.default_rng(0).normal(size=(7, 4)), dtype=torch.float32)
     out = model.q_net.alrao_output(obs)
     weights = model.q_net.alrao_model.averaging_log_weights().exp().float()
-    expected = torch.einsum("j,bja->ba", weights, out.values)
+    scale = float(model.q_net.value_scale.scale[0])  # PopArt: the heads learn Q / scale
+    assert scale != 1.0 and model.q_net_target.value_scale is model.q_net.value_scale
+    expected = torch.einsum("j,bja->ba", weights, out.values) * scale
     torch.testing.assert_close(model.q_net(obs), expected)
     actions, _ = model.predict(obs.numpy(), deterministic=True)
     np.testing.assert_array_equal(actions, expected.argmax(dim=1).numpy())
 
 
-@pytest.mark.parametrize("td_variance", ["running", "unit"])
-def test_train_step_is_the_projects_dqn_step(td_variance: str) -> None:
+@pytest.mark.parametrize(("td_variance", "value_norm", "head_step"),
+                         [("running", "none", "plain"), ("unit", "none", "plain"), ("running", "popart", "normalized")])
+def test_train_step_is_the_projects_dqn_step(td_variance: str, value_norm: str, head_step: str) -> None:
     """One AlraoDQN gradient step == agents.dqn.DQNAgent.train_step on the same weights and batch."""
-    model = _model(policy_kwargs={"net_arch": [64, 64], "n_heads": 10}, td_variance=td_variance)
+    model = _model(policy_kwargs={"net_arch": [64, 64], "n_heads": 10, "head_step": head_step},
+                   td_variance=td_variance, value_norm=value_norm)
     model.learn(150)  # fills the buffer, trains 50 steps
-    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, td_variance=td_variance, hidden=(64, 64)))
+    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, td_variance=td_variance, hidden=(64, 64),
+                                     value_norm=value_norm, head_step=head_step))
     agent.q_net.load_state_dict(model.q_net.alrao_model.state_dict())
     agent.target_net.load_state_dict(model.q_net_target.alrao_model.state_dict())
     agent.optimizer.load_state_dict(model.policy.optimizer.state_dict())
     if td_variance == "running":
         agent.variance = RunningVariance(value=model.heads_variance)
+    if value_norm == "popart":
+        agent.popart.load_state_dict(model.popart_state)
     np.random.seed(123)
     data = model.replay_buffer.sample(32)
     batch = TorchReplayBatch(data.observations, data.actions.reshape(-1), data.rewards.reshape(-1),
@@ -123,6 +130,8 @@ def test_train_step_is_the_projects_dqn_step(td_variance: str) -> None:
     for name, p in agent.q_net.state_dict().items():
         torch.testing.assert_close(model.q_net.alrao_model.state_dict()[name], p, msg=name)
     assert model.heads_variance == pytest.approx(agent.td_variance, rel=1e-6)
+    if value_norm == "popart":
+        assert model.popart_state["second"] == pytest.approx(agent.popart.state_dict()["second"], rel=1e-12)
 
 
 def test_running_variance_is_the_formula() -> None:
@@ -188,7 +197,8 @@ def test_same_seed_same_parameters() -> None:
 
 def test_save_load_round_trip(tmp_path: pathlib.Path) -> None:
     """Rates, frozen units, switch, heads' variance, predictions; then identical training on identical data."""
-    a = _model(env=make_env("Pendulum-v1", n_bins=5))
+    a = _model(env=make_env("Pendulum-v1", n_bins=5), value_norm="popart",
+               policy_kwargs={**POLICY, "head_step": "normalized"})
     a.learn(400)
     assert a.heads_variance is not None
     a.policy.optimizer.state[a.q_net.alrao_model.body[0].weight]["alrao_rate"][0] = 0.0  # as if frozen
@@ -196,6 +206,8 @@ def test_save_load_round_trip(tmp_path: pathlib.Path) -> None:
     b = AlraoDQN.load(tmp_path / "alrao_dqn", env=make_env("Pendulum-v1", n_bins=5), device="cpu")
     assert isinstance(b.policy, AlraoDQNPolicy)
     assert b.heads_variance == a.heads_variance and b.td_variance == "running"
+    assert b.popart_state == a.popart_state and b.value_norm == "popart" and a.popart_state["second"] != [1.0]
+    assert b.q_net.value_scale.state_dict() == a.popart_state and b.q_net.alrao_model.head_step == "normalized"
     assert b.max_grad_norm == math.inf and b.learning_rate == 1.0
     _assert_same_params(_params(a), _params(b))
     for ra, rb in zip(_rates(a), _rates(b), strict=True):

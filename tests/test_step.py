@@ -275,3 +275,27 @@ def test_a_batch_whose_member_has_every_head_dead_trains_nothing() -> None:
     assert result.skipped and math.isnan(result.loss) and np.isneginf(result.head_ll).all()
     for name, value in model.body.state_dict().items():
         assert torch.equal(value, body[name]), name
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_a_switch_variance_changes_what_the_switch_sees_and_nothing_the_loss_trains(index: bool) -> None:
+    """``switch_variance``: the loss (gradients, responsibilities) at ``variance``, the switch fed each head's
+    mean Gaussian log-likelihood at ``switch_variance`` (here a running one, started by the step)."""
+    a = _model("regression", 3, "plain")
+    b = copy.deepcopy(a)
+    step_a, step_b = AlraoStep(a, AlraoSGD(a, seed=0)), AlraoStep(b, AlraoSGD(b, seed=0))
+    running = RunningVariance()
+    x, y, i = _batches("regression", 3, index, steps=1)[0]
+    with torch.no_grad():
+        out = a(x).gather(i) if index else a(x)
+    var = float(((out.prediction - y) ** 2).mean())  # the running variance starts at the first minibatch's
+    result = step_a(x, y, index=i, variance=1.0, switch_variance=running)
+    step_b(x, y, index=i, variance=1.0)
+    assert running.value == pytest.approx(var, rel=1e-12)
+    sq = (out.heads - y) ** 2 if index else ((out.heads - y) ** 2).sum(dim=-1)  # [N, B]
+    dim = 1 if index else 3
+    ll = (-0.5 * sq / var).mean(dim=1) - 0.5 * dim * math.log(2 * math.pi * var)
+    np.testing.assert_allclose(result.head_ll, ll.numpy(), rtol=1e-10)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):  # the loss trained both alike
+        assert torch.equal(p, q)
+    assert not torch.equal(a.switch.log_weights, b.switch.log_weights)  # the switches saw different likelihoods
