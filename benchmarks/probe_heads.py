@@ -30,10 +30,15 @@ VARIANTS: dict[str, dict[str, str]] = {
     "plain": {"head_step": "plain", "value_norm": "none"},
     "normalized": {"head_step": "normalized", "value_norm": "none"},
     "popart": {"head_step": "normalized", "value_norm": "popart"},
+    "popart-unit": {"head_step": "plain", "value_norm": "popart", "td_variance": "unit"},
+    "popart-switch": {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"},
 }
-"""Each variant's Alrao settings: Algorithm 1's plain head steps; head steps normalized by their curvature;
-normalized head steps on TD targets rescaled by PopArt (``alrao_rl.PopArt``)."""
-COLORS = {"plain": "tab:red", "normalized": "tab:blue", "popart": "tab:green"}
+"""Each variant's Alrao settings (the DQN defaults otherwise: heads' variance = the running one): Algorithm 1's
+plain head steps (the default); head steps normalized by their curvature; normalized head steps on TD targets
+rescaled by PopArt (``alrao_rl.PopArt``); plain steps on PopArt targets at the paper's variance 1 (Algorithm 1
+exactly, on rescaled targets); the same with the switch scoring the heads at the running variance."""
+COLORS = {"plain": "tab:red", "normalized": "tab:blue", "popart": "tab:green", "popart-unit": "tab:purple",
+          "popart-switch": "tab:orange"}
 
 
 def run_variant(env: str, steps: int, variant: str, seeds: int, out: str, every: int) -> dict[str, Any]:

@@ -91,13 +91,15 @@ def test_a_population_of_one_is_its_single_run(method: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("variant", [{"head_step": "plain", "value_norm": "none"},
-                                     {"head_step": "normalized", "value_norm": "popart"}])
+                                     {"head_step": "normalized", "value_norm": "popart"},
+                                     {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"}])
 def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict, tmp_path: Path) -> None:
     configs = [DQNConfig(method="alrao", seed=s, **variant, **SHORT) for s in (0, 1)]
     pop = PopulationDQN(configs)
     pop.train(None, None, progress=False)
     group = pop.groups[0]
     assert group.online.head_step == variant["head_step"]
+    assert ("switch_variance" in group.variances) == (variant.get("td_variance") == "switch")
     assert (group.popart is not None) == (variant["value_norm"] == "popart")
     for k, config in enumerate(configs):
         train(config, str(tmp_path / f"single{k}"), progress=False)
@@ -110,11 +112,13 @@ def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict,
             assert pop.member_agent(k).popart.state_dict() == saved["popart"]
 
 
-def test_the_population_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", [{}, {"value_norm": "popart", "td_variance": "switch"}])
+def test_the_population_resumes_exactly(variant: dict, tmp_path: Path) -> None:
     """Stopped mid-episode (environments restored by replaying their episode), resumed: the same
-    weights, replay and evaluations as a population never stopped."""
-    configs = [DQNConfig(method=m, seed=s, lr=1e-2 if m == "sgd" else None, checkpoint_every=10**6, **SHORT)
-               for m, s in (("alrao", 0), ("sgd", 1), ("adam", 2))]
+    weights, replay and evaluations as a population never stopped (also with PopArt's scale and a
+    switch variance to carry)."""
+    configs = [DQNConfig(method=m, seed=s, lr=1e-2 if m == "sgd" else None, checkpoint_every=10**6, **variant,
+                         **SHORT) for m, s in (("alrao", 0), ("sgd", 1), ("adam", 2))]
     whole = PopulationDQN(configs)
     whole.train([str(tmp_path / f"w{k}") for k in range(3)], str(tmp_path / "whole"), progress=False)
     first = PopulationDQN([DQNConfig(**{**vars(c), "total_steps": 1237}) for c in configs])
@@ -130,6 +134,9 @@ def test_the_population_resumes_exactly(tmp_path: Path) -> None:
     a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "parts" / "checkpoint.pt")
     assert torch.equal(a["buffer"]["observations"], b["buffer"]["observations"])
     assert a["rngs"] == b["rngs"]
+    assert whole.groups[0].td_variances() == second.groups[0].td_variances()
+    if variant:
+        assert whole.groups[0].popart.state_dict() == second.groups[0].popart.state_dict()
 
 
 @pytest.mark.parametrize(
