@@ -3,7 +3,8 @@
 A head's own update is gradient descent on a quadratic in its weights, with Hessian (Gauss-Newton)
 ``F = E_b [z_b, 1][z_b, 1]^T / sigma^2``. Along the top curvature direction one step moves the head's
 outputs by the fraction ``s_j`` of their error: ``s_j = eta_j lambda_max(E_b [z, 1][z, 1]^T) / sigma^2``
-for a plain step (Algorithm 1), ``s_j = eta_j lambda_max / E_b ||[z, 1]||^2 <= eta_j`` for a
+for a plain step (Algorithm 1; ``sigma^2`` the loss's variance: 1 with ``td_variance`` 'unit' or 'switch'),
+``s_j = eta_j lambda_max / E_b ||[z, 1]||^2 <= eta_j`` for a
 normalized one (``head_step="normalized"``); a head with ``s_j > 2`` diverges. Every ``every``
 updates :class:`HeadProbe` records, per Alrao member, the body's feature norm ``mean_b ||z_b||``,
 ``lambda_max``, the trace, the heads' variance, each head's ``s_j``, the dead heads and the switch's
@@ -67,7 +68,9 @@ class HeadProbe:
             weights = model.averaging_log_weights().exp()
             for j, k in enumerate(group.members):
                 var = variances[j] if variances[j] is not None else 1.0
-                scale = 1.0 / float(trace[j]) if model.head_step == "normalized" else 1.0 / var
+                # a head's own step: at the loss's variance (1 with td_variance 'switch'), or normalized
+                loss_var = 1.0 if config.td_variance == "switch" else var
+                scale = 1.0 / float(trace[j]) if model.head_step == "normalized" else 1.0 / loss_var
                 s = (eta * float(lam[j]) * scale * population.configs[k].effective_lr).tolist()
                 post = weights[j].tolist()
                 winner = max(range(len(post)), key=post.__getitem__)

@@ -13,13 +13,15 @@ from agents.probe import HeadProbe
 
 
 @pytest.mark.slow
-def test_with_normalized_head_steps_the_switch_does_not_end_at_eta_min_on_cartpole() -> None:
-    """With normalized head steps the heads' rates keep their meaning while the body's features grow:
-    the switch's winner is not head 0 (the slowest, ``eta_min``), where plain steps (the default) put
-    it in every run measured (README, "What makes Alrao work in RL"), and the runs learn."""
+@pytest.mark.parametrize("variant", [{"head_step": "normalized"}, {"value_norm": "popart", "td_variance": "unit"}])
+def test_the_switch_does_not_end_at_eta_min_on_cartpole(variant: dict) -> None:
+    """With normalized head steps, or on PopArt targets at the paper's variance 1, the heads' rates keep
+    their meaning while the body learns: the switch's winner is not head 0 (the slowest, ``eta_min``),
+    where the default (plain steps at the running variance) puts it in every run measured (README, "What
+    makes Alrao work in RL"), and the runs learn."""
     torch.set_num_threads(1)
-    configs = [DQNConfig(env="CartPole-v1", method="alrao", head_step="normalized", seed=s, total_steps=50_000,
-                         eval_every=10_000) for s in range(3)]
+    configs = [DQNConfig(env="CartPole-v1", method="alrao", seed=s, total_steps=50_000, eval_every=10_000,
+                         **variant) for s in range(3)]
     probe = HeadProbe(every=500)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
