@@ -30,6 +30,11 @@ returns (tens on Pendulum). The choices (their measured effect is in the README'
   they must reach Q-values of several hundred;
 * **non-finite heads** are left out of the average and the loss (the core does it).
 
+Options measured against the heads' rate grid (README, "What makes Alrao work in RL"; none is better on
+every env): ``head_step="normalized"``, ``value_norm="popart"`` (TD targets rescaled by
+:class:`alrao_rl.PopArt`), ``td_variance="unit"`` or ``"switch"`` (the loss at variance 1, the switch at
+the running variance).
+
 **AdaQN** (``method="adaqn"``, :mod:`agents.adaqn`): ``K`` online networks with Adam at the rates
 ``adaqn_rates`` learn from the same minibatches and one TD target; the target follows the network with
 the smallest TD loss over each window of ``adaqn_window`` gradient steps, which also acts.
