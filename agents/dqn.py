@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, PopArt, RunningVariance
+from alrao_rl import AlraoAdam, AlraoModel, AlraoSGD, AlraoStep, PopArt, RunningVariance
 from alrao_rl.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -89,6 +89,8 @@ logger = logging.getLogger(__name__)
 Method = Literal["alrao", "sgd", "adam", "adaqn"]
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 METHODS: tuple[str, ...] = ("alrao", "sgd", "adam", "adaqn")
+ALRAO_OPTIMIZERS: dict[str, type[AlraoSGD] | type[AlraoAdam]] = {"sgd": AlraoSGD, "adam": AlraoAdam}
+"""The Alrao optimizer of ``alrao_optimizer``."""
 
 
 @dataclass
@@ -164,6 +166,9 @@ class DQNConfig:
     """Alrao: each head's own step 'plain' (Algorithm 1's eta_j grad) or 'normalized' (divided by the
     trace of its curvature, E||[z, 1]||^2 / sigma^2: the heads' rates keep their meaning while the body's
     features grow; measured in the README: no dead heads, lower returns)."""
+    alrao_optimizer: str = "sgd"
+    """Alrao: 'sgd' (AlraoSGD, the paper's) or 'adam' (AlraoAdam: Adam's step with the per-unit rates; give it
+    its own interval, e.g. eta_min 1e-6, eta_max 1)."""
     value_norm: str = "none"
     """Alrao: 'none' (the heads learn the TD targets) or 'popart' (they learn the TD targets divided by their
     running root mean square, and are rescaled with it so that their Q-values never jump: alrao_rl.PopArt)."""
@@ -225,6 +230,8 @@ class DQNConfig:
             raise ValueError(f"averaging must be 'filtered' or 'predictive', got {self.averaging!r}")
         if self.head_step not in ("normalized", "plain"):
             raise ValueError(f"head_step must be 'normalized' or 'plain', got {self.head_step!r}")
+        if self.alrao_optimizer not in ALRAO_OPTIMIZERS:
+            raise ValueError(f"alrao_optimizer must be one of {tuple(ALRAO_OPTIMIZERS)}, got {self.alrao_optimizer!r}")
         if self.value_norm not in ("popart", "none"):
             raise ValueError(f"value_norm must be 'popart' or 'none', got {self.value_norm!r}")
         rates = self.adaqn_rates
@@ -323,7 +330,7 @@ class DQNAgent:
         if optimizer_factory is not None:
             self.optimizer = optimizer_factory(self.q_net.parameters())
         elif self.alrao:
-            self.optimizer = AlraoSGD(
+            self.optimizer = ALRAO_OPTIMIZERS[config.alrao_optimizer](
                 self.q_net,
                 eta_min=config.eta_min,
                 eta_max=config.eta_max,
@@ -481,6 +488,7 @@ COMPATIBLE_KEYS = (
     "averaging",
     "head_step",
     "value_norm",
+    "alrao_optimizer",
     "adaqn_rates",
     "adaqn_window",
     "eval_every",
@@ -498,12 +506,15 @@ def _config_state(config: DQNConfig) -> dict[str, Any]:
 def _as_used(state: dict[str, Any]) -> dict[str, Any]:
     """A config state with ``lr`` as used (its method's default when None, as :attr:`DQNConfig.effective_lr`):
     a run started with the default and resumed with it written out is the same run. A run saved before
-    ``head_step`` existed took plain steps, one saved before ``value_norm`` existed no normalization; one saved
+    ``head_step`` existed took plain steps, one saved before ``value_norm`` (``alrao_optimizer``) existed no
+    normalization (AlraoSGD); one saved
     before AdaQN existed was not AdaQN, whose settings it is given (they play no part in its method)."""
     if "head_step" not in state:
         state = {**state, "head_step": "plain"}
     if "value_norm" not in state:
         state = {**state, "value_norm": "none"}
+    if "alrao_optimizer" not in state:
+        state = {**state, "alrao_optimizer": "sgd"}
     for name in ("adaqn_rates", "adaqn_window"):
         if name not in state:
             state = {**state, name: _config_state(DQNConfig())[name]}

@@ -45,12 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoSGD, AlraoStep, PopArt, RunningVariance, register_unit_rule
+from alrao_rl import AlraoModel, AlraoStep, PopArt, RunningVariance, register_unit_rule
 from alrao_rl.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, stop_requests
 from envs import make_env
 
 from . import replay_buffer
 from .dqn import (
+    ALRAO_OPTIMIZERS,
     COMPATIBLE_KEYS,
     DQNAgent,
     DQNConfig,
@@ -204,8 +205,8 @@ class _AlraoGroup(_Group):
         body = _stacked_mlp([obs_dim, h1, h2], p, activate_last=True)
         self.online = AlraoModel(body, nn.Linear(h2, n_actions), c0.heads, "regression", averaging=c0.averaging,
                                  head_step=c0.head_step, members=p)
-        self.optimizer = AlraoSGD(self.online, eta_min=c0.eta_min, eta_max=c0.eta_max, seed=0,
-                                  max_weight=c0.max_weight)
+        self.optimizer = ALRAO_OPTIMIZERS[c0.alrao_optimizer](self.online, eta_min=c0.eta_min, eta_max=c0.eta_max,
+                                                              seed=0, max_weight=c0.max_weight)
         with torch.no_grad():
             for k, agent in enumerate(agents):
                 _load_mlp(self.online.body, k, agent.q_net.body)

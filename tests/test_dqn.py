@@ -243,3 +243,14 @@ def test_a_run_saved_before_head_step_existed_resumes_with_plain_steps(tmp_path:
         train(DQNConfig(**{**longer, "head_step": "normalized"}), str(tmp_path), resume=True, progress=False)
     summary = train(DQNConfig(**longer), str(tmp_path), resume=True, progress=False)
     assert summary["total_steps"] == 400
+
+
+def test_alrao_optimizer_chooses_alrao_adam_and_a_bad_one_is_refused() -> None:
+    from alrao_rl import AlraoAdam
+
+    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", alrao_optimizer="adam", eta_min=1e-6, eta_max=1.0))
+    assert isinstance(agent.optimizer, AlraoAdam)
+    rates = torch.cat([s["alrao_rate"].flatten() for s in agent.optimizer.state.values()])
+    assert float(rates.min()) >= 1e-6 * (1 - 1e-6) and float(rates.max()) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="alrao_optimizer must be one of"):
+        DQNConfig(alrao_optimizer="rmsprop")

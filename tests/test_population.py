@@ -92,7 +92,9 @@ def test_a_population_of_one_is_its_single_run(method: str, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("variant", [{"head_step": "plain", "value_norm": "none"},
                                      {"head_step": "normalized", "value_norm": "popart"},
-                                     {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"}])
+                                     {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"},
+                                     {"head_step": "plain", "value_norm": "popart", "td_variance": "unit",
+                                      "alrao_optimizer": "adam", "eta_min": 1e-6, "eta_max": 1.0}])
 def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict, tmp_path: Path) -> None:
     configs = [DQNConfig(method="alrao", seed=s, **variant, **SHORT) for s in (0, 1)]
     pop = PopulationDQN(configs)
@@ -100,6 +102,7 @@ def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict,
     group = pop.groups[0]
     assert group.online.head_step == variant["head_step"]
     assert ("switch_variance" in group.variances) == (variant.get("td_variance") == "switch")
+    assert type(group.optimizer).__name__ == ("AlraoAdam" if variant.get("alrao_optimizer") == "adam" else "AlraoSGD")
     assert (group.popart is not None) == (variant["value_norm"] == "popart")
     for k, config in enumerate(configs):
         train(config, str(tmp_path / f"single{k}"), progress=False)
