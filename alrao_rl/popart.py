@@ -34,12 +34,12 @@ import torch
 from torch import Tensor
 
 from .heads import AlraoHeads
+from .switch import _NUMPY_DTYPES
 
 __all__ = ["PopArt"]
 
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 FLOOR = 1e-8
-"""The smallest variance ``sigma^2`` (targets that are all equal still give a finite normalization)."""
+"""The smallest mean square ``nu`` (targets that are all 0 still give a finite scale, ``1e-4``)."""
 
 
 class PopArt:
@@ -76,6 +76,7 @@ class PopArt:
         self.second = np.ones(members or 1)
         self.decay = np.ones(members or 1)
         self._scale = np.ones(members or 1)
+        self._tensors: dict[tuple, Tensor] = {}  # s as a tensor per (dtype, device, dims), until s changes
 
     @property
     def scale(self) -> np.ndarray:
@@ -83,11 +84,16 @@ class PopArt:
         return self._scale
 
     def _lead(self, values: Tensor) -> Tensor:
-        """``s`` as a tensor of ``values``' dtype shaped to broadcast against them (``[P, ...]`` with members)."""
-        scale = torch.from_numpy(self._scale.astype(_NUMPY.get(values.dtype, np.float64))).to(values.device)
-        if self.members is None:
-            return scale.view(())
-        return scale.view((self.members,) + (1,) * (values.dim() - 1))
+        """``s`` as a tensor of ``values``' dtype shaped to broadcast against them (``[P, ...]`` with members),
+        made once per scale (acting reads it at every environment step)."""
+        key = (values.dtype, values.device, values.dim())
+        scale = self._tensors.get(key)
+        if scale is None:
+            scale = torch.from_numpy(self._scale.astype(_NUMPY_DTYPES.get(values.dtype, np.float64)))
+            shape = () if self.members is None else (self.members,) + (1,) * (values.dim() - 1)
+            scale = scale.to(values.device).view(shape)
+            self._tensors[key] = scale
+        return scale
 
     def normalize(self, y: Tensor) -> Tensor:
         """``y / s``: targets in the heads' units."""
@@ -127,6 +133,7 @@ class PopArt:
             rate = np.where(finite, self.beta / (1.0 - self.decay), 0.0)
             self.second += rate * (np.where(finite, mean_square, 0.0) - self.second)
         self._scale = np.sqrt(np.maximum(self.second, FLOOR))
+        self._tensors.clear()
         factor = old / self._scale
         for h in heads:
             _rescale(h, factor)
@@ -143,6 +150,7 @@ class PopArt:
             raise ValueError(f"PopArt state has shapes {second.shape} and {decay.shape}, expected {self.second.shape}")
         self.second, self.decay = second, decay
         self._scale = np.sqrt(np.maximum(second, FLOOR))
+        self._tensors.clear()
 
     def __repr__(self) -> str:
         members = "" if self.members is None else f", members={self.members}"
@@ -155,7 +163,7 @@ def _rescale(heads: AlraoHeads, factor: np.ndarray) -> None:
     if (heads.members or 1) != p:
         raise ValueError(f"heads hold {heads.members} members, the scale {p}")
     weight, bias = heads.weight, heads.bias
-    per_head = np.repeat(factor.astype(_NUMPY[weight.dtype]), n).reshape(p, n, 1)
+    per_head = np.repeat(factor.astype(_NUMPY_DTYPES[weight.dtype]), n).reshape(p, n, 1)
     if heads.any_dead:
         per_head[heads.dead.cpu().numpy().reshape(p, n)] = 1.0
     f = torch.from_numpy(per_head)

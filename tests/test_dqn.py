@@ -254,3 +254,20 @@ def test_alrao_optimizer_chooses_alrao_adam_and_a_bad_one_is_refused() -> None:
     assert float(rates.min()) >= 1e-6 * (1 - 1e-6) and float(rates.max()) <= 1.0 + 1e-6
     with pytest.raises(ValueError, match="alrao_optimizer must be one of"):
         DQNConfig(alrao_optimizer="rmsprop")
+
+
+def test_an_agent_with_popart_and_alrao_adam_restores_its_scale_and_q_values() -> None:
+    """The agent's state (checkpoints, --resume) carries PopArt's scale: a restored agent's Q-values, mapped
+    back with it, equal the original's; without the scale they would be off by the factor s."""
+    config = DQNConfig(env="CartPole-v1", value_norm="popart", alrao_optimizer="adam", eta_min=1e-6, eta_max=1.0)
+    agent = DQNAgent(4, 2, config)
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(32, 4, generator=gen)
+    batch = TorchReplayBatch(obs, torch.randint(0, 2, (32,), generator=gen), 50.0 + torch.randn(32, generator=gen),
+                             torch.randn(32, 4, generator=gen), torch.zeros(32))
+    for _ in range(5):
+        agent.train_step(batch)
+    assert float(agent.popart.scale[0]) > 10.0
+    restored = DQNAgent(4, 2, config)
+    restored.load_state_dict(agent.state_dict())
+    assert torch.equal(restored.q_values(obs), agent.q_values(obs))

@@ -139,3 +139,17 @@ def test_the_state_round_trips() -> None:
     assert (a.scale == b.scale).all() and (a.decay == b.decay).all()
     with pytest.raises(ValueError, match="shapes"):
         PopArt(beta=0.1).load_state_dict(a.state_dict())
+
+
+def test_the_scale_read_by_denormalize_follows_every_update_and_load() -> None:
+    """``denormalize`` keeps its tensor of ``s`` between updates (acting reads it at every step): a stale one
+    would map the heads' outputs back with the old scale."""
+    popart, heads = PopArt(beta=0.5), _heads()
+    u = torch.ones(2, 3)
+    assert torch.equal(popart.denormalize(u), u)
+    popart.update(torch.full((4,), 10.0, dtype=torch.float64), [heads])
+    assert torch.allclose(popart.denormalize(u), u * 10.0)
+    popart.update(torch.full((4,), 20.0, dtype=torch.float64), [heads])
+    assert torch.allclose(popart.denormalize(u), u * float(popart.scale[0]))
+    popart.load_state_dict({"second": [9.0], "decay": [0.5]})
+    assert torch.allclose(popart.denormalize(u), u * 3.0)
