@@ -32,7 +32,6 @@ member's reset points and generator use those of its single run.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 import os
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alrao_rl import AlraoModel, AlraoStep, PopArt, RunningVariance, register_unit_rule
+from alrao_rl import AlraoModel, AlraoStep, PopArt, RunningVariance
 from alrao_rl.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint, stop_requests
 from envs import make_env
 
@@ -62,6 +61,7 @@ from .dqn import (
     td_target,
     write_run_outputs,
 )
+from .stacked import StackedLinear, load_mlp, stacked_mlp
 
 __all__ = ["PopulationBuffer", "PopulationDQN", "StackedLinear", "member_key"]
 
@@ -79,82 +79,6 @@ def member_key(config: DQNConfig) -> tuple:
     ``lr`` (and the checkpoint interval, which does not change the run)."""
     state = _config_state(config)
     return tuple((k, repr(v)) for k, v in sorted(state.items()) if k not in (*MEMBER_FIELDS, "checkpoint_every"))
-
-
-# --- batched networks ----------------------------------------------------------------------------------
-
-
-class _StackedLinearFunction(torch.autograd.Function):
-    """``baddbmm(b, x, W^T)`` whose backward computes what ``nn.Linear``'s does, member by member:
-    ``dx = g W``, ``dW = g^T x``, ``db = sum_b g`` (autograd's own ``bmm`` backward forms ``dW`` as
-    ``(x^T g)^T``, which rounds differently), so that a member's gradients are its single run's."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(dim=1) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
-
-
-class StackedLinear(nn.Module):
-    """``P`` independent linear layers: ``y[k] = x[k] W_k^T + b_k`` for ``x`` ``[P, B, in]``.
-
-    :param n_in: input features.
-    :param n_out: output features.
-    :param members: ``P``.
-    """
-
-    def __init__(self, n_in: int, n_out: int, members: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(members, n_out, n_in))
-        self.bias = nn.Parameter(torch.zeros(members, n_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled():
-            return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-        if self.weight.shape[0] == 1:  # one member: nn.Linear's own autograd (the same numbers, less Python)
-            return nn.functional.linear(x[0], self.weight[0], self.bias[0]).unsqueeze(0)
-        return _StackedLinearFunction.apply(x, self.weight, self.bias)
-
-    @torch.no_grad()
-    def load_member(self, k: int, layer: nn.Linear) -> None:
-        """Copy ``layer``'s weights into member ``k``."""
-        self.weight[k].copy_(layer.weight)
-        self.bias[k].copy_(layer.bias)
-
-
-def _stacked_rows_rule(module: nn.Module, sample: Any) -> dict[str, Tensor]:
-    """Member ``k``'s unit ``i`` of a :class:`StackedLinear` (its weight row and bias share the rate)."""
-    rate = sample(module.bias.numel()).view(module.bias.shape)
-    return {"weight": rate.unsqueeze(2), "bias": rate}
-
-
-register_unit_rule(StackedLinear, _stacked_rows_rule)
-
-
-def _stacked_mlp(sizes: Sequence[int], members: int, activate_last: bool) -> nn.Sequential:
-    """``StackedLinear`` layers of the widths ``sizes`` with ReLU between them (and after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(StackedLinear(a, b, members))
-        if activate_last or i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def _load_mlp(stacked: nn.Sequential, k: int, single: nn.Module) -> None:
-    """Copy the ``nn.Linear`` layers of ``single`` (in order) into member ``k`` of ``stacked``."""
-    targets = [m for m in stacked if isinstance(m, StackedLinear)]
-    sources = [m for m in single.modules() if isinstance(m, nn.Linear)]
-    for target, source in zip(targets, sources, strict=True):
-        target.load_member(k, source)
 
 
 # --- groups: the members of one method --------------------------------------------------------------
@@ -202,14 +126,14 @@ class _AlraoGroup(_Group):
         h1, h2 = c0.hidden
         obs_dim = agents[0].q_net.body[0].in_features
         n_actions = agents[0].q_net.heads.out_features
-        body = _stacked_mlp([obs_dim, h1, h2], p, activate_last=True)
+        body = stacked_mlp([obs_dim, h1, h2], p, activate_last=True)
         self.online = AlraoModel(body, nn.Linear(h2, n_actions), c0.heads, "regression", averaging=c0.averaging,
                                  head_step=c0.head_step, members=p)
         self.optimizer = ALRAO_OPTIMIZERS[c0.alrao_optimizer](self.online, eta_min=c0.eta_min, eta_max=c0.eta_max,
                                                               seed=0, max_weight=c0.max_weight)
         with torch.no_grad():
             for k, agent in enumerate(agents):
-                _load_mlp(self.online.body, k, agent.q_net.body)
+                load_mlp(self.online.body, k, agent.q_net.body)
                 self.online.heads.weight[k] = agent.q_net.heads.weight
                 self.online.heads.bias[k] = agent.q_net.heads.bias
                 # the member's own per-unit rates (sampled with its seed), times its lr multiplier
@@ -292,9 +216,9 @@ class _PlainGroup(_Group):
         p, (h1, h2) = len(members), configs[0].hidden
         linears = [m for m in agents[0].q_net.modules() if isinstance(m, nn.Linear)]
         obs_dim, n_actions = linears[0].in_features, linears[-1].out_features
-        self.online = _stacked_mlp([obs_dim, h1, h2, n_actions], p, activate_last=False)
+        self.online = stacked_mlp([obs_dim, h1, h2, n_actions], p, activate_last=False)
         for k, agent in enumerate(agents):
-            _load_mlp(self.online, k, agent.q_net)
+            load_mlp(self.online, k, agent.q_net)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self._online_params = list(self.online.parameters())
         self._target_params = list(self.target.parameters())

@@ -406,6 +406,29 @@ class AlraoModel(nn.Module):
         z, state = result
         return self._predict_features(z, switch, x), state
 
+    def averaged(self, z: Tensor, switch: Switch | None = None) -> Tensor:
+        """Regression: the averaged model's output on the body's output ``z``, ``sum_j a_j mu_j(z)``,
+        differentiable with respect to ``z`` (the heads' parameters and the weights ``a_j`` held fixed).
+
+        What an actor needs from an Alrao critic: ``dQ/da`` through the body, ``Q(s, a) = sum_j a_j (W_j z + b_j)``
+        computed as one linear layer ``(sum_j a_j W_j) z + sum_j a_j b_j``. If that is not finite (a diverged
+        head), the heads' outputs without the non-finite ones, without a gradient.
+
+        :param z: body output ``[..., in_features]`` (``[P, ..., in_features]`` with members).
+        :param switch: average with this switch instead of the model's own (see :meth:`output`).
+        """
+        if self.task != "regression":
+            raise TypeError("averaged is the mixture mean of regression heads; classification predicts with predict")
+        heads = self.heads
+        z = heads.mask_features(z)
+        source = self.switch if switch is None else switch
+        _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
+        bias = None if heads.bias is None else heads.bias.detach()
+        mean = _averaged_linear(z, a, heads.weight.detach(), bias, heads.members)
+        if math.isfinite(float(mean.detach().sum())):
+            return mean
+        return self.output(z.detach(), switch=switch).prediction
+
     def _predict_features(self, z: Tensor, switch: Switch | None, x: Tensor | None) -> Tensor:
         """The averaged model's output on the body's output ``z`` for the input ``x`` (see :meth:`predict`)."""
         heads = self.heads

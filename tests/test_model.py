@@ -341,3 +341,27 @@ def test_loss_refuses_the_output_of_another_model_of_the_same_shape(gathered: bo
         m1.loss(out, y)
     loss, _ = m2.loss(out, y)  # its own model takes it
     assert torch.isfinite(loss)
+
+
+def test_averaged_is_the_mixture_mean_differentiable_in_the_features_only() -> None:
+    """What an actor needs from an Alrao critic: sum_j a_j (W_j z + b_j), a gradient for z, none for the heads."""
+    model = _model()
+    with torch.no_grad():
+        model.heads.weight.normal_()
+    model.switch.update(torch.tensor([-1.0, -0.5, -3.0, -0.1]))
+    z = torch.randn(6, 5, requires_grad=True)
+    mean = model.averaged(z)
+    a = model.averaging_log_weights().exp().float()
+    expected = sum(a[j] * (z @ model.heads.weight[j].T + model.heads.bias[j]) for j in range(4))
+    torch.testing.assert_close(mean, expected)
+    (grad,) = torch.autograd.grad(mean.sum(), z)
+    torch.testing.assert_close(grad, (a[:, None, None] * model.heads.weight.detach()).sum(0).sum(0).expand(6, 5))
+    mean.sum().backward()
+    assert model.heads.weight.grad is None
+    with torch.no_grad():  # a diverged head: the finite heads' mean, without it
+        model.heads.weight[3] = math.inf
+    fallback = model.averaged(z)
+    assert torch.isfinite(fallback).all()
+    torch.testing.assert_close(fallback, model.output(z.detach()).prediction)
+    with pytest.raises(TypeError, match="regression"):
+        _model(task="classification").averaged(z)
