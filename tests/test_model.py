@@ -356,7 +356,7 @@ def test_averaged_is_the_mixture_mean_differentiable_in_the_features_only() -> N
     torch.testing.assert_close(mean, expected)
     (grad,) = torch.autograd.grad(mean.sum(), z)
     torch.testing.assert_close(grad, (a[:, None, None] * model.heads.weight.detach()).sum(0).sum(0).expand(6, 5))
-    mean.sum().backward()
+    model.averaged(z).sum().backward()
     assert model.heads.weight.grad is None
     with torch.no_grad():  # a diverged head: the finite heads' mean, without it
         model.heads.weight[3] = math.inf
