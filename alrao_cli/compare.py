@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 from alrao_cli.common import HeldWarnings, OneLineParser, as_flags, fail, flag_fields, program
 
+ALGOS = ("sac", "td3")
+"""The continuous-action agents of --algo (agents.continuous)."""
+
 
 def _dqn_default(name: str) -> object:
     from agents.dqn import DQNConfig
@@ -60,14 +63,21 @@ def _dqn_default(name: str) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agents.compare import DEFAULT_SGD_GRID, PEERS, TASKS
+    from agents.compare import DEFAULT_SGD_GRID, PEERS
     from agents.compare.backends import BACKENDS
+    from agents.compare.plan import DEFAULT_CRITIC_GRID
     from agents.compare.suite import SUITES
 
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to compare")
-    what.add_argument("--task", choices=TASKS, default="rl",
-                      help="rl: DQN on --env; cifar, ptb: the supervised tasks on --data-dir (default: rl)")
+    what.add_argument("--task", choices=["rl", "cifar", "ptb"], default="rl",
+                      help="rl: an agent (--algo) on --env; cifar, ptb: the supervised tasks on --data-dir "
+                           "(default: rl)")
+    what.add_argument("--algo", choices=["dqn", *ALGOS], default="dqn",
+                      help="--task rl: DQN (default), or Stable-Baselines3's SAC or TD3 on continuous actions, whose "
+                           "critics are Alrao models (method alrao) against the critics' Adam rate on a grid "
+                           "(method critic-adam; actor and entropy coefficient at SB3's default rate) and SB3's "
+                           "defaults (method adam)")
     what.add_argument("--env", default=None, help="gymnasium id for --task rl (default: Pendulum-v1)")
     what.add_argument("--suite", choices=list(SUITES), default=None,
                       help="run a whole suite of envs, each its own sweep in --out/<env>, then write --out/summary.md "
@@ -77,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --suite: only these comma-separated envs of the suite (default: all of them)")
     what.add_argument("--seeds", type=int, default=None,
                       help="number of seeds, 0..N-1, per method and rate (default: 5; --suite: 10)")
-    what.add_argument("--methods", default="alrao,sgd,adam",
+    what.add_argument("--methods", default=None,
                       help=f"comma-separated methods: alrao, sgd, adam, adaqn (--task rl), and peers "
-                           f"{', '.join(PEERS)} (default: alrao,sgd,adam)")
-    what.add_argument("--sgd-grid", default=",".join(f"{x:g}" for x in DEFAULT_SGD_GRID),
-                      help="comma-separated SGD learning rates (default: the paper's %(default)s)")
+                           f"{', '.join(PEERS)} (default: alrao,sgd,adam); --algo sac|td3: alrao, critic-adam, adam "
+                           f"(default: all three)")
+    what.add_argument("--sgd-grid", default=None,
+                      help=f"comma-separated rates of the grid method: SGD's (default: the paper's "
+                           f"{','.join(f'{x:g}' for x in DEFAULT_SGD_GRID)}); --algo sac|td3: the critics' Adam "
+                           f"rates (default: {','.join(f'{x:g}' for x in DEFAULT_CRITIC_GRID)})")
     what.add_argument("--eta-min", type=float, default=None,
                       help="Alrao's lowest rate (default: 1e-5; PTB 1e-3)")
     what.add_argument("--eta-max", type=float, default=None, help="Alrao's highest rate (default: 10; PTB 100)")
@@ -225,12 +238,20 @@ def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) 
 
     _check_positive(args, "seeds", "total_steps", "eval_every", "eval_episodes", "test_episodes", "floor_episodes",
                     "workers", "epochs", "patience", "bootstrap_resamples")
-    methods = _parse_list(args.methods, "--methods")
-    grid = _parse_grid(args.sgd_grid)
+    from agents.compare.plan import DEFAULT_CRITIC_GRID
+
+    continuous = args.algo in ALGOS
+    if continuous and args.task != "rl":
+        fail(f"--algo {args.algo} is for --task rl, not --task {args.task}")
+    task = args.algo if continuous else args.task
+    default_methods = "alrao,critic-adam,adam" if continuous else "alrao,sgd,adam"
+    methods = _parse_list(args.methods or default_methods, "--methods")
+    default_grid = DEFAULT_CRITIC_GRID if continuous else compare.DEFAULT_SGD_GRID
+    grid = _parse_grid(args.sgd_grid or ",".join(f"{x:g}" for x in default_grid))
     try:
-        compare.check_methods(methods)
+        compare.check_methods(methods, task)
     except ValueError as e:
-        fail(str(e))
+        fail(f"--methods: {e}" if continuous else str(e))
     if args.backend == "ray":
         import importlib.util
 
@@ -243,13 +264,16 @@ def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) 
         if getattr(args, name) > compare.MAX_EPISODES:
             fail(f"--{name.replace('_', '-')} must be <= {compare.MAX_EPISODES}, got {getattr(args, name)}")
 
-    out = args.out or os.path.join("results", (args.env or "Pendulum-v1").lower() if args.task == "rl" else args.task)
+    env_folder = (args.env or "Pendulum-v1").lower() + (f"-{args.algo}" if continuous else "")
+    out = args.out or os.path.join("results", env_folder if args.task == "rl" else args.task)
     if os.path.exists(out) and not os.path.isdir(out):
         fail(f"--out {out!r} is a file, not a folder")
     alrao = {k: v for k, v in (("eta_min", args.eta_min), ("eta_max", args.eta_max), ("heads", args.heads))
              if v is not None}
     seeds = list(range(args.seeds))
-    if args.task == "rl":
+    if continuous:
+        plan = _plan_continuous(args, methods, grid, seeds, alrao)
+    elif args.task == "rl":
         plan = _plan_rl(args, methods, grid, seeds, alrao)
     else:
         plan = _plan_supervised(args, methods, grid, seeds, alrao)
@@ -263,7 +287,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, held: HeldWarnings) 
     start = time.perf_counter()
     command = "python scripts/compare.py" if program().endswith(".py") else program()
     info.command = f"{command} " + shlex.join(argv if argv is not None else sys.argv[1:])
-    sgd = f"; SGD at {_plural(len(grid), 'rate')}" if "sgd" in methods else ""
+    grid_name = compare.GRID_NAMES[compare.grid_method(task)]
+    sgd = f"; {grid_name} at {_plural(len(grid), 'rate')}" if compare.grid_method(task) in methods else ""
     print(f"{_plural(len(specs), 'run')}: {_plural(len(seeds), 'seed')} x ({', '.join(methods)}{sgd}) in {out}",
           flush=True)
     try:
@@ -335,6 +360,60 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
                      f"3,000,000 + k (std {spread:.1f})",
         adaqn_rates=list(config.adaqn_rates),
         adaqn_window=config.adaqn_window,
+    )
+    return specs, metric, info
+
+
+def _plan_continuous(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
+                     alrao: dict[str, float]) -> Plan:
+    import gymnasium as gym
+
+    from agents import compare
+    from agents.continuous import ContinuousConfig
+
+    for dest in SUPERVISED_OPTIONS:
+        if getattr(args, dest) != SUPERVISED_DEFAULTS[dest]:
+            fail(f"--{dest.replace('_', '-')} is for --task cifar or ptb, not --algo {args.algo}")
+    if args.exploration_steps != _dqn_default("exploration_steps"):
+        fail(f"--exploration-steps is DQN's epsilon schedule, not --algo {args.algo}'s")
+    if args.backend == "population":
+        args.backend = "process"  # (SAC/TD3 runs train alone: the population engine is DQN's)
+    env_id = args.env or "Pendulum-v1"
+    options = {"total_steps": args.total_steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+               "learning_starts": args.learning_starts, **alrao}
+    try:
+        specs = compare.plan_runs(args.algo, env_id, methods, seeds, grid, options, args.test_episodes)
+        configs = [compare.continuous_config(spec) for spec in specs]
+        env = gym.make(env_id)
+        space = env.action_space
+        env.close()
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"env {env_id!r} has {type(space).__name__} actions; --algo {args.algo} needs a Box")
+    except gym.error.Error as e:
+        fail(f"--env {env_id!r}: {e}")
+    except (ValueError, TypeError) as e:
+        fail(as_flags(str(e), flag_fields(args, ContinuousConfig)))
+    returns = compare.random_policy_returns(env_id, args.floor_episodes, continuous=True)
+    floor = float(sum(returns) / len(returns))
+    spread = float((sum((r - floor) ** 2 for r in returns) / len(returns)) ** 0.5)
+    metric = compare.Metric("return", True, floor, "random policy")
+    config = configs[0]
+    info = compare.SweepInfo(
+        task=args.algo,
+        problem=env_id,
+        seeds=seeds,
+        methods=methods,
+        sgd_grid=grid,
+        eta_min=config.eta_min,
+        eta_max=config.eta_max,
+        heads=config.heads,
+        budget=f"{args.total_steps:,} environment steps of {args.algo.upper()} (Stable-Baselines3's defaults)",
+        selection=f"the final evaluation of each run ({args.eval_episodes} deterministic episodes seeded "
+                  f"1,000,000 + 1000·seed + k), averaged over seeds",
+        test=f"{args.test_episodes} new deterministic episodes of each run's final policy, seeded "
+             f"2,000,000 + 1000·seed + k",
+        floor_detail=f"the mean return of a uniformly random policy over {args.floor_episodes} episodes seeded "
+                     f"3,000,000 + k (std {spread:.1f})",
     )
     return specs, metric, info
 

@@ -290,6 +290,15 @@ COMPARE = [
     (f"{CP} --bptt 0", "--bptt must be >= 1"),
     (f"{CP} --batch-size 10000", "too few for 10000 streams"),
     ("--task ptb --data-dir {root}", "PTB file not found"),
+    ("--algo sac --methods sgd", "unknown method 'sgd'"),
+    ("--algo td3 --methods alrao,adaqn", "unknown method 'adaqn'"),
+    ("--algo sac --env CartPole-v1", "needs a Box"),
+    ("--algo sac --env Nope-v0", "Nope-v0"),
+    ("--algo sac --exploration-steps 5", "--exploration-steps is DQN's"),
+    ("--algo sac --eta-min 1 --eta-max 0.1", "--eta-min"),
+    ("--algo sac --total-steps 0", "--total-steps must be >= 1"),
+    ("--algo td3 --sgd-grid 0", "rates must be finite numbers > 0"),
+    (f"{CC} --algo sac", "--algo sac is for --task rl"),
 ]
 if importlib.util.find_spec("ray") is None:
     COMPARE.append(("--backend ray", "needs the package 'ray'"))

@@ -1,5 +1,6 @@
 """Alrao against SGD at every rate of a grid, default Adam, AdaQN and tuning-free peers: the protocol of the
-paper's Table 1 (Section 5), made explicit, for DQN (``task="rl"``) and the supervised tasks.
+paper's Table 1 (Section 5), made explicit, for DQN (``task="rl"``), SAC and TD3 (``task="sac"``, ``"td3"``: Alrao
+critics against the critics' Adam rate on a grid, :mod:`agents.continuous`) and the supervised tasks.
 
 **Runs.** For every seed: Alrao (rates in ``[eta_min, eta_max]``), SGD at every rate of the grid
 (default ``{1e-5, ..., 10}``), Adam with its defaults, and optionally AdaQN (DQN only, :data:`RL_METHODS`:
@@ -47,14 +48,20 @@ from .backends import work_units
 from .outputs import write_report
 from .plan import (
     BASE_METHODS,
+    CONTINUOUS_TASKS,
+    DEFAULT_CRITIC_GRID,
     DEFAULT_SGD_GRID,
+    GRID_METHODS,
+    GRID_NAMES,
     PEERS,
     RL_METHODS,
     TASKS,
     Peer,
     RunSpec,
     check_methods,
+    continuous_config,
     dqn_config,
+    grid_method,
     plan_runs,
     run_dir,
     test_seeds,
@@ -83,7 +90,11 @@ from .sweep import SweepOutcome, record_sweep, run_sweep, sweep_history, usable_
 
 __all__ = [
     "BASE_METHODS",
+    "CONTINUOUS_TASKS",
+    "DEFAULT_CRITIC_GRID",
     "DEFAULT_SGD_GRID",
+    "GRID_METHODS",
+    "GRID_NAMES",
     "PEERS",
     "RL_METHODS",
     "TASKS",
@@ -96,10 +107,12 @@ __all__ = [
     "SweepOutcome",
     "bootstrap_ci",
     "check_methods",
+    "continuous_config",
     "dqn_config",
     "execute_population",
     "execute_run",
     "failure_reason",
+    "grid_method",
     "iqm",
     "load_finished",
     "load_supervised_data",

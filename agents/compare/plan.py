@@ -15,8 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-TASKS: tuple[str, ...] = ("rl", "cifar", "ptb")
-"""``rl``: DQN on a gymnasium env; ``cifar``, ``ptb``: the supervised tasks of the paper."""
+TASKS: tuple[str, ...] = ("rl", "sac", "td3", "cifar", "ptb")
+"""``rl``: DQN on a gymnasium env; ``sac``, ``td3``: SB3's SAC and TD3 on continuous actions (Alrao critics,
+:mod:`agents.continuous`); ``cifar``, ``ptb``: the supervised tasks of the paper."""
+CONTINUOUS_TASKS: tuple[str, ...] = ("sac", "td3")
+"""The tasks of :mod:`agents.continuous`: their methods are :data:`agents.continuous.METHODS`."""
 BASE_METHODS: tuple[str, ...] = ("alrao", "sgd", "adam")
 """Methods the training functions know; peers replace the optimizer of a plain network."""
 RL_METHODS: tuple[str, ...] = ("adaqn",)
@@ -25,6 +28,13 @@ whose best gives the target (:mod:`agents.adaqn`), the closest RL rival of Alrao
 (never as a population member)."""
 DEFAULT_SGD_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """The paper's grid of SGD rates (Section 5)."""
+DEFAULT_CRITIC_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+"""SAC/TD3: the grid of the critics' Adam rates (SB3's default, 3e-4 for SAC, lies inside)."""
+GRID_METHODS: tuple[str, ...] = ("sgd", "critic-adam")
+"""The methods run once per rate of the grid, whose rate is *selected*: SGD (DQN and supervised), the critics'
+Adam rate (SAC/TD3). A sweep has one of them: :func:`grid_method`."""
+GRID_NAMES: dict[str, str] = {"sgd": "SGD", "critic-adam": "critic Adam"}
+"""How tables and plots name a grid method's runs (``SGD 1e-2``, ``critic Adam 1e-3``)."""
 TEST_SEED_BASE = 2_000_000
 """Test episodes are seeded ``TEST_SEED_BASE + 1000 seed + k``; the selection episodes of
 :func:`agents.dqn.train` use ``1_000_000 + 1000 seed + k``."""
@@ -86,16 +96,27 @@ PEERS: dict[str, Peer] = {
 
 
 LABELS: dict[str, str] = {"alrao": "Alrao", "sgd": "SGD", "adam": "Adam", "adaqn": "AdaQN",
-                          **{k: p.label for k, p in PEERS.items()}}
+                          "critic-adam": "critic Adam", **{k: p.label for k, p in PEERS.items()}}
 
 
-def check_methods(methods: Sequence[str]) -> None:
+def grid_method(task: str) -> str:
+    """The grid method of ``task``'s sweeps: ``"critic-adam"`` for SAC/TD3, ``"sgd"`` otherwise."""
+    return "critic-adam" if task in CONTINUOUS_TASKS else "sgd"
+
+
+def check_methods(methods: Sequence[str], task: str = "rl") -> None:
     """Refuse unknown methods, duplicates, and peers whose package is not installed.
 
-    :param methods: method names (:data:`BASE_METHODS`, :data:`RL_METHODS` and :data:`PEERS` keys).
+    :param methods: method names (:data:`BASE_METHODS`, :data:`RL_METHODS` and :data:`PEERS` keys; for SAC/TD3
+        :data:`agents.continuous.METHODS`).
+    :param task: the sweep's task.
     :raises ValueError: one line naming the method, and for a missing package the extra to install.
     """
-    known = (*BASE_METHODS, *RL_METHODS, *PEERS)
+    known: tuple[str, ...] = (*BASE_METHODS, *RL_METHODS, *PEERS)
+    if task in CONTINUOUS_TASKS:
+        from agents.continuous import METHODS
+
+        known = METHODS
     if not methods:
         raise ValueError("no method given")
     for method in methods:
@@ -119,10 +140,10 @@ def check_methods(methods: Sequence[str]) -> None:
 class RunSpec:
     """One run of the sweep; its hash identifies a finished run on disk.
 
-    :param task: ``"rl"``, ``"cifar"`` or ``"ptb"``.
+    :param task: one of :data:`TASKS`.
     :param problem: the env id (RL) or the data set name (``"cifar10"``, ``"ptb-char"``).
-    :param method: a base method or a peer.
-    :param lr: SGD's rate (None for every other method: they run with their defaults).
+    :param method: a base method or a peer (SAC/TD3: a method of :data:`agents.continuous.METHODS`).
+    :param lr: the grid method's rate (None for every other method: they run with their defaults).
     :param seed: the run's seed.
     :param options: overrides of the training configuration (:class:`agents.dqn.DQNConfig` or
         :class:`alrao_rl.supervised.train.TrainConfig` fields), as sorted ``(name, value)`` pairs.
@@ -181,20 +202,22 @@ def plan_runs(
         for method in methods:
             if method in RL_METHODS:
                 raise ValueError(f"method {method!r} is a DQN method: it needs task 'rl', not {task!r}")
+    check_methods(methods, task)
     if not seeds:
         raise ValueError("at least one seed is needed")
     for rate in sgd_grid:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"SGD rates must be finite numbers > 0, got {rate}")
-    if "sgd" in methods and not sgd_grid:
-        raise ValueError("method 'sgd' needs at least one rate in the SGD grid")
+    for method in GRID_METHODS:
+        if method in methods and not sgd_grid:
+            raise ValueError(f"method {method!r} needs at least one rate in the grid")
     if not 1 <= test_episodes <= MAX_EPISODES:
         raise ValueError(f"test episodes must lie in 1..{MAX_EPISODES}, got {test_episodes}")
     shared = tuple(sorted((options or {}).items()))
     specs = []
     for seed in seeds:
         for method in methods:
-            rates: Sequence[float | None] = sorted(set(sgd_grid)) if method == "sgd" else [None]
+            rates: Sequence[float | None] = sorted(set(sgd_grid)) if method in GRID_METHODS else [None]
             for rate in rates:
                 specs.append(RunSpec(task, problem, method, rate, int(seed), shared, test_episodes, data_dir))
     return specs
@@ -220,6 +243,14 @@ def dqn_config(spec: RunSpec) -> Any:
 
     method = spec.method if spec.method in (*BASE_METHODS, *RL_METHODS) else "adam"
     return DQNConfig(env=spec.problem, method=method, lr=spec.lr, seed=spec.seed, **dict(spec.options))
+
+
+def continuous_config(spec: RunSpec) -> Any:
+    """The :class:`agents.continuous.ContinuousConfig` of a SAC/TD3 run."""
+    from agents.continuous import ContinuousConfig
+
+    return ContinuousConfig(algo=spec.task, env=spec.problem, method=spec.method, lr=spec.lr, seed=spec.seed,
+                            **dict(spec.options))
 
 
 def train_config(spec: RunSpec) -> Any:

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .plan import LABELS
+from .plan import GRID_NAMES, LABELS, grid_method
 from .report import SweepInfo, _fmt_rate
 from .runs import RunResult, _finite
 from .stats import MethodSummary, Metric, failure_reason
 
-_COLORS = {"alrao": "tab:red", "adam": "tab:blue", "sgd": "tab:green", "prodigy": "tab:purple",
-           "dadapt-sgd": "tab:brown", "dadapt-adam": "tab:pink", "dog": "tab:olive", "sf-sgd": "tab:cyan",
-           "sf-adamw": "tab:orange", "adaqn": "tab:gray"}
+_COLORS = {"alrao": "tab:red", "adam": "tab:blue", "sgd": "tab:green", "critic-adam": "tab:green",
+           "prodigy": "tab:purple", "dadapt-sgd": "tab:brown", "dadapt-adam": "tab:pink", "dog": "tab:olive",
+           "sf-sgd": "tab:cyan", "sf-adamw": "tab:orange", "adaqn": "tab:gray"}
 
 
 def _read_curves(
@@ -58,8 +58,10 @@ def _plot_curves(
 
     fig = Figure(figsize=(9, 6), dpi=120, layout="constrained")
     ax = fig.subplots()
-    best_label = None if best_rate is None else f"sgd-lr{best_rate:g}"
-    others = sorted((label for label in curves if label.startswith("sgd-") and label != best_label),
+    grid = grid_method(info.task)
+    g = GRID_NAMES[grid]
+    best_label = None if best_rate is None else f"{grid}-lr{best_rate:g}"
+    others = sorted((label for label in curves if label.startswith(f"{grid}-lr") and label != best_label),
                     key=lambda s: float(s.split("lr")[1]))
     shades = np.linspace(0.75, 0.35, max(len(others), 1))
     all_values: list[float] = []
@@ -68,18 +70,18 @@ def _plot_curves(
         with np.errstate(all="ignore"), _quiet():
             mean = np.nanmean(np.vstack(ys), axis=0)
         rate = _fmt_rate(float(label.split("lr")[1]))
-        ax.plot(xs, mean, color=str(shades[i]), lw=1, ls="--", label=f"SGD {rate} (mean)")
+        ax.plot(xs, mean, color=str(shades[i]), lw=1, ls="--", label=f"{g} {rate} (mean)")
         all_values += [v for v in mean if math.isfinite(v)]
-    banded = [m for m in info.methods if m != "sgd"]
-    for method in [*(["sgd"] if best_label else []), *banded]:
-        label = best_label if method == "sgd" else method
+    banded = [m for m in info.methods if m != grid]
+    for method in [*([grid] if best_label else []), *banded]:
+        label = best_label if method == grid else method
         if label not in curves:
             continue
         xs, ys = curves[label]
         stack = np.vstack(ys)
         with np.errstate(all="ignore"), _quiet():
             mean, low, high = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
-        name = f"SGD {_fmt_rate(best_rate or 0.0)} (selected)" if method == "sgd" else LABELS.get(method, method)
+        name = f"{g} {_fmt_rate(best_rate or 0.0)} (selected)" if method == grid else LABELS.get(method, method)
         color = _COLORS.get(method, "black")
         ax.plot(xs, mean, color=color, lw=2.2 if method == "alrao" else 1.8, marker="o", ms=3, label=name)
         ax.fill_between(xs, low, high, color=color, alpha=0.15, lw=0)
@@ -115,7 +117,8 @@ def _plot_rates(
     info: SweepInfo,
     best_rate: float | None,
 ) -> None:
-    """Left: every SGD rate; right: the same, zoomed on the best rate and the other methods' bands."""
+    """Left: every rate of the grid method (SGD; SAC/TD3: the critics' Adam); right: the same, zoomed on the best
+    rate and the other methods' bands."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 5.8), dpi=120, layout="constrained")
@@ -128,7 +131,8 @@ def _plot_rates(
         if finite:
             full.set_ylim(min(finite) * 0.95, min(max(finite), 2 * metric.floor) * 1.05)
     near = [v for row in rows if row.runs for v in (row.mean - row.std, row.mean + row.std)]
-    near += [r.test for r in results if r.method == "sgd" and r.lr == best_rate and math.isfinite(r.test)]
+    grid = grid_method(info.task)
+    near += [r.test for r in results if r.method == grid and r.lr == best_rate and math.isfinite(r.test)]
     near = [v for v in near if math.isfinite(v)]
     if near:
         low, high = min(near), max(near)
@@ -136,7 +140,7 @@ def _plot_rates(
         zoom.set_ylim(low - margin, high + margin)
     zoom.set_title("zoom on the best rate and the other methods")
     zoom.set_ylabel("")
-    fig.suptitle(_title(info, f"final test {metric.name} against the SGD learning rate"))
+    fig.suptitle(_title(info, f"final test {metric.name} against the {GRID_NAMES[grid]} learning rate"))
     fig.legend(*full.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.savefig(path)
 
@@ -149,24 +153,26 @@ def _draw_rates(
     info: SweepInfo,
     best_rate: float | None,
 ) -> None:
-    sgd = sorted((r for r in results if r.method == "sgd" and r.lr is not None), key=lambda r: r.lr or 0.0)
+    grid = grid_method(info.task)
+    g = GRID_NAMES[grid]
+    sgd = sorted((r for r in results if r.method == grid and r.lr is not None), key=lambda r: r.lr or 0.0)
     rates = sorted({r.lr for r in sgd if r.lr is not None})
     ok = [(r.lr, r.test) for r in sgd if not failure_reason(r, metric)]
     bad = [(r.lr, metric.or_floor(r.test)) for r in sgd if failure_reason(r, metric)]
     if ok:
-        ax.scatter(*zip(*ok, strict=True), s=14, color="tab:green", alpha=0.5, label="SGD: one seed", zorder=3)
+        ax.scatter(*zip(*ok, strict=True), s=14, color="tab:green", alpha=0.5, label=f"{g}: one seed", zorder=3)
     if bad:
         ax.scatter(*zip(*bad, strict=True), s=30, marker="x", color="black", zorder=3,
-                   label="SGD: failed seed (a non-finite value is drawn at the floor)")
+                   label=f"{g}: failed seed (a non-finite value is drawn at the floor)")
     if rates:
         means = [float(np.mean([metric.or_floor(r.test) for r in sgd if r.lr == rate])) for rate in rates]
-        ax.plot(rates, means, color="tab:green", marker="o", lw=1.8, label="SGD: mean over seeds", zorder=4)
+        ax.plot(rates, means, color="tab:green", marker="o", lw=1.8, label=f"{g}: mean over seeds", zorder=4)
         if best_rate is not None:
             y = means[rates.index(best_rate)]
             ax.scatter([best_rate], [y], s=180, marker="*", color="gold", edgecolor="black", zorder=5,
                        label=f"selected rate {_fmt_rate(best_rate)} (on selection data)")
     for row in rows:
-        if row.method == "sgd" or not row.runs:
+        if row.method == grid or not row.runs:
             continue
         color = _COLORS.get(row.method, "black")
         name = row.label + (" (default)" if row.method == "adam" else "")
@@ -180,22 +186,24 @@ def _draw_rates(
         ax.set_xticks(rates, [_fmt_rate(x) for x in rates])
         ax.minorticks_off()
         ax.set_xlim(min(rates) / 2, max(rates) * 2)
-    ax.set_xlabel("SGD learning rate (log scale)")
+    ax.set_xlabel(f"{g} learning rate (log scale)")
     ax.set_ylabel(f"final test {metric.name}" + (f" ({metric.unit})" if metric.unit else ""))
     ax.grid(alpha=0.3)
 
 
 def _read_posterior(logdir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Steps and ``[heads, steps]`` posterior from the TensorBoard scalars ``alrao/posterior/head_{j}``."""
+    """Steps and ``[heads, steps]`` posterior from the TensorBoard scalars ``alrao/posterior/head_{j}`` (SAC/TD3:
+    the first critic's, ``alrao/critic_0/posterior/head_{j}``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not os.path.isdir(logdir):
         return None
     acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
     acc.Reload()
-    prefix = "alrao/posterior/head_"
-    tags = sorted((t for t in acc.Tags().get("scalars", []) if t.startswith(prefix)),
-                  key=lambda t: int(t[len(prefix):]))
+    scalars = acc.Tags().get("scalars", [])
+    prefix = next((p for p in ("alrao/posterior/head_", "alrao/critic_0/posterior/head_")
+                   if any(t.startswith(p) for t in scalars)), "")
+    tags = sorted((t for t in scalars if prefix and t.startswith(prefix)), key=lambda t: int(t[len(prefix):]))
     if not tags:
         return None
     series = [{e.step: e.value for e in acc.Scalars(t)} for t in tags]

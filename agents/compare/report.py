@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import BASE_METHODS, LABELS, PEERS, RL_METHODS
+from .plan import BASE_METHODS, GRID_METHODS, GRID_NAMES, LABELS, PEERS, RL_METHODS, grid_method
 from .runs import RunResult
 from .stats import MethodSummary, Metric, failure_reason
 
@@ -114,7 +114,7 @@ def _fmt_rate(rate: float) -> str:
 
 def _table_order(methods: Sequence[str]) -> list[str]:
     """The paper's row order: SGD, Adam, Alrao, then AdaQN and the peers as given."""
-    first = ("sgd", "adam", "alrao")
+    first = ("sgd", "critic-adam", "adam", "alrao")
     return [m for m in first if m in methods] + [m for m in methods if m not in first]
 
 
@@ -133,15 +133,20 @@ def _wall_text(info: SweepInfo) -> str:
 
 
 def _lr_cell(row: MethodSummary, info: SweepInfo) -> str:
-    if row.method == "sgd":
+    if row.method in GRID_METHODS:
         return "none" if row.lr is None else f"{_fmt_rate(row.lr)} (selected)"
     if row.method == "adam":
-        return "1e-3 (default)"
+        return ADAM_DEFAULTS.get(info.task, "1e-3 (default)")
     if row.method == "alrao":
         return f"[{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], {info.heads} heads"
     if row.method == "adaqn":
         return _adaqn_rates(info)
     return "default (tuning-free)"
+
+
+ADAM_DEFAULTS: dict[str, str] = {"sac": "3e-4 (SB3's default, every network)",
+                                 "td3": "1e-3 (SB3's default, every network)"}
+"""The ``LR`` cell of default Adam where it is not torch's 1e-3."""
 
 
 def _adaqn_rates(info: SweepInfo) -> str:
@@ -160,6 +165,8 @@ def _report_text(
     resamples: int,
 ) -> str:
     m = metric.name
+    grid = grid_method(info.task)
+    g = GRID_NAMES[grid]
     unit = f", {metric.unit}" if metric.unit else ""
     seeds = ", ".join(str(s) for s in info.seeds)
     names = [LABELS.get(x, x) for x in info.methods]
@@ -167,7 +174,7 @@ def _report_text(
         f"# {info.problem}: {', '.join(names)}",
         "",
         f"{len(info.seeds)} seed{'s' if len(info.seeds) != 1 else ''} ({seeds}), {info.budget} per run. "
-        f"The layout of the paper's Table 1: SGD's "
+        f"The layout of the paper's Table 1: {g}'s "
         f"rate is selected on {info.selection}; every method is then reported on {info.test}.",
         "",
     ]
@@ -179,8 +186,9 @@ def _report_text(
             "|---|---|---|---|---|---|",
         ]
     for row in rows:
-        label = "SGD with optimal LR" if row.method == "sgd" else row.label + (" (default)" if row.method == "adam"
-                                                                                 else "")
+        label = row.label + (" (default)" if row.method == "adam" else "")
+        if row.method in GRID_METHODS:
+            label = "SGD with optimal LR" if row.method == "sgd" else f"{g} with the selected rate"
         stats = f"{_fmt(row.mean)} ± {_fmt(row.std)}"
         interval = f"{_fmt(row.iqm)} [{_fmt(row.ci[0])}, {_fmt(row.ci[1])}]"
         cells = [label, _lr_cell(row, info), stats]
@@ -191,38 +199,38 @@ def _report_text(
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     by_method = {row.method: row for row in rows}
-    alrao, sgd = by_method.get("alrao"), by_method.get("sgd")
+    alrao, sgd = by_method.get("alrao"), by_method.get(grid)
     if alrao is not None and sgd is not None and sgd.runs and alrao.runs:
         ratio = alrao.mean / sgd.mean if sgd.mean != 0 else math.nan
-        line = (f"**Ratio Alrao / best SGD** (mean test {m}): {_fmt(alrao.mean)} / {_fmt(sgd.mean)} = "
+        line = (f"**Ratio Alrao / best {g}** (mean test {m}): {_fmt(alrao.mean)} / {_fmt(sgd.mean)} = "
                 f"{ratio:.3f}")
         if m == "return" and alrao.mean < 0 and sgd.mean < 0:
-            line += " (returns are negative here: above 1 means Alrao's return is lower than SGD's)"
+            line += f" (returns are negative here: above 1 means Alrao's return is lower than {g}'s)"
         elif m == "return":
-            line += " (above 1: Alrao's return is higher than SGD's)"
+            line += f" (above 1: Alrao's return is higher than {g}'s)"
         else:
-            line += " (below 1: Alrao's loss is lower than SGD's)"
+            line += f" (below 1: Alrao's loss is lower than {g}'s)"
         lines.append(line + ".")
         gain = sgd.mean - metric.floor
         if m == "return" and gain != 0:
-            lines += ["", f"Alrao's gain over a random policy as a fraction of the best SGD rate's: "
+            lines += ["", f"Alrao's gain over a random policy as a fraction of the best {g} rate's: "
                           f"({_fmt(alrao.mean)} − {_fmt(metric.floor)}) / ({_fmt(sgd.mean)} − {_fmt(metric.floor)}) "
-                          f"= {(alrao.mean - metric.floor) / gain:.2f} (1: as good as the best SGD rate; 0: as good "
+                          f"= {(alrao.mean - metric.floor) / gain:.2f} (1: as good as the best {g} rate; 0: as good "
                           f"as a random policy)."]
         lines.append("")
 
     if selection_means:
         lines += [
-            "## The SGD grid",
+            f"## The {g} grid",
             "",
             f"The rate with the best selection {m} (mean over seeds) is selected; its test {m} is only read "
             f"afterwards.",
             "",
-            f"| SGD rate | Selection {m} (mean over seeds) | Test {m} (mean ± std) | Failed runs |",
+            f"| {g} rate | Selection {m} (mean over seeds) | Test {m} (mean ± std) | Failed runs |",
             "|---|---|---|---|",
         ]
         for rate, mean_selection in selection_means.items():
-            runs = [r for r in results if r.method == "sgd" and r.lr == rate]
+            runs = [r for r in results if r.method == grid and r.lr == rate]
             values = [metric.or_floor(r.test) for r in runs]
             failed = sum(bool(failure_reason(r, metric)) for r in runs)
             name = f"**{_fmt_rate(rate)}** (selected)" if rate == best_rate else _fmt_rate(rate)
@@ -243,7 +251,7 @@ def _report_text(
     lines += [
         "## Protocol",
         "",
-        f"- Methods: {', '.join(names)}. SGD grid: {{{', '.join(_fmt_rate(x) for x in info.sgd_grid)}}}. "
+        f"- Methods: {', '.join(names)}. {g} grid: {{{', '.join(_fmt_rate(x) for x in info.sgd_grid)}}}. "
         f"Alrao: per-unit rates log-uniform in [{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], "
         f"{info.heads} heads. Adam and the tuning-free peers run with their default settings."
         + (f" AdaQN: one network per Adam rate of {_adaqn_rates(info)}, trained on the same minibatches "
@@ -257,7 +265,7 @@ def _report_text(
         + f"or a test "
         f"{m} worse than the floor, {_fmt(metric.floor)}{' ' + metric.unit if metric.unit else ''}: "
         f"{info.floor_detail}. Failed runs stay in every "
-        f"statistic; a non-finite value enters the means, the IQM and SGD's selection as the floor.",
+        f"statistic; a non-finite value enters the means, the IQM and {g}'s selection as the floor.",
         f"- Statistics over the runs of each method (seeds): mean ± standard deviation (ddof 0); IQM = mean of the "
         f"middle half of the sorted values (floor(n/4) dropped at each end; the plain mean below 4 runs); 95% "
         f"percentile-bootstrap CI of the IQM from {resamples:,} resamples of the runs "
@@ -274,7 +282,7 @@ def _report_text(
         f"![learning curves](curves.png)  \nSelection {m} against {x_label}: mean over seeds, band from the "
         f"lowest to the highest seed.",
         "",
-        f"![test {m} against the SGD rate](rates.png)  \nFinal test {m} against SGD's learning rate (dots: seeds; "
+        f"![test {m} against the {g} rate](rates.png)  \nFinal test {m} against {g}'s learning rate (dots: seeds; "
         f"line: mean); Alrao, Adam, AdaQN and the peers as horizontal bands (mean ± std): what the grid search "
         "costs.",
         "",

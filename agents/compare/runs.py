@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from .plan import BASE_METHODS, PEERS, RunSpec, dqn_config, run_dir, test_seeds, train_config
+from .plan import (
+    BASE_METHODS,
+    CONTINUOUS_TASKS,
+    PEERS,
+    RunSpec,
+    continuous_config,
+    dqn_config,
+    run_dir,
+    test_seeds,
+    train_config,
+)
 
 
 @dataclass
@@ -150,6 +160,23 @@ def _run_rl(spec: RunSpec, logdir: str) -> RunResult:
     )
 
 
+def _run_continuous(spec: RunSpec, logdir: str) -> RunResult:
+    from agents import continuous
+
+    summary = continuous.train(continuous_config(spec), logdir, test_seeds(spec.seed, spec.test_episodes))
+    test = _finite(summary["test_return_mean"])
+    return RunResult(
+        spec.method,
+        spec.lr,
+        spec.seed,
+        selection=_finite(summary["final_eval_return_mean"]),
+        test=test,
+        test_std=_finite(summary["test_return_std"]),
+        wall_seconds=_finite(summary["wall_seconds"]),
+        outputs_finite=math.isfinite(test),
+    )
+
+
 class _ActionCounter:
     """Stands for a DQN agent in :func:`agents.dqn.evaluate` and records the greedy actions it takes.
 
@@ -232,7 +259,12 @@ def execute_run(spec: RunSpec, out: str) -> RunResult:
         shutil.rmtree(logdir)
     os.makedirs(logdir)
     try:
-        result = _run_rl(spec, logdir) if spec.task == "rl" else _run_supervised(spec, logdir)
+        if spec.task == "rl":
+            result = _run_rl(spec, logdir)
+        elif spec.task in CONTINUOUS_TASKS:
+            result = _run_continuous(spec, logdir)
+        else:
+            result = _run_supervised(spec, logdir)
     except Exception as e:  # a crash is a failed run to report, not a reason to lose the sweep
         error = _one_line(f"{type(e).__name__}: {e}")
         result = RunResult(spec.method, spec.lr, spec.seed, math.nan, math.nan, error=error)

@@ -11,23 +11,30 @@ from typing import Any
 
 import numpy as np
 
-from .plan import LABELS, RANDOM_SEED_BASE
+from .plan import GRID_METHODS, LABELS, RANDOM_SEED_BASE
 from .runs import RunResult
 
 # --- failure floor ---------------------------------------------------------------------------------
 
 
-def random_policy_returns(env_id: str, episodes: int = 20, n_bins: int = 5) -> list[float]:
+def random_policy_returns(env_id: str, episodes: int = 20, n_bins: int = 5, continuous: bool = False) -> list[float]:
     """Returns of a uniformly random policy (episodes seeded ``3_000_000 + k``): the failure floor of
     an env is their mean.
 
     :param env_id: gymnasium id.
     :param episodes: number of episodes.
-    :param n_bins: values per continuous action dimension (as the runs use).
+    :param n_bins: values per continuous action dimension (as the DQN runs use).
+    :param continuous: draw continuous actions uniformly from the env's own ``Box`` (SAC/TD3 runs).
     """
+    import gymnasium as gym
+
     from envs import make_env
 
-    env = make_env(env_id, RANDOM_SEED_BASE, n_bins=n_bins)
+    if continuous:
+        env = gym.make(env_id)
+        env.action_space.seed(RANDOM_SEED_BASE)
+    else:
+        env = make_env(env_id, RANDOM_SEED_BASE, n_bins=n_bins)
     returns = []
     try:
         for k in range(episodes):
@@ -140,17 +147,18 @@ def failure_reason(result: RunResult, metric: Metric) -> str:
 
 
 def select_sgd_rate(results: Sequence[RunResult], metric: Metric) -> tuple[float | None, dict[float, float]]:
-    """SGD's rate with the best mean over seeds of the *selection* value (test values are never read).
+    """The grid method's rate (SGD's; SAC/TD3: the critics' Adam rate) with the best mean over seeds of the
+    *selection* value (test values are never read).
 
     Non-finite selection values count as the floor. Ties go to the smaller rate.
 
-    :param results: any results; only SGD's are used.
+    :param results: any results; only the grid method's are used (:data:`~agents.compare.plan.GRID_METHODS`).
     :param metric: the scoring.
-    :return: the chosen rate (None without SGD runs) and each rate's mean selection value.
+    :return: the chosen rate (None without grid runs) and each rate's mean selection value.
     """
     by_rate: dict[float, list[float]] = {}
     for r in results:
-        if r.method == "sgd" and r.lr is not None:
+        if r.method in GRID_METHODS and r.lr is not None:
             by_rate.setdefault(r.lr, []).append(metric.or_floor(r.selection))
     means = {rate: float(np.mean(v)) for rate, v in sorted(by_rate.items())}
     if not means:
@@ -224,7 +232,8 @@ def summarize(
     best_rate, selection_means = select_sgd_rate(results, metric)
     rows = []
     for method in methods:
-        runs = [r for r in results if r.method == method and (method != "sgd" or r.lr == best_rate)]
-        lr = best_rate if method == "sgd" else None
+        grid = method in GRID_METHODS
+        runs = [r for r in results if r.method == method and (not grid or r.lr == best_rate)]
+        lr = best_rate if grid else None
         rows.append(_summary_of(method, runs, metric, lr, resamples, seed))
     return rows, best_rate, selection_means
