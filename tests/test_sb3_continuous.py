@@ -104,7 +104,13 @@ def test_forward_is_each_critics_switch_average_and_differentiable_in_the_action
         torch.testing.assert_close(q, ref, rtol=1e-12, atol=1e-12)
     ref_grads = torch.autograd.grad(refs[0].sum() + 2 * refs[1].sum(), ref_actions)[0]
     torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(critic.q1_forward(obs, actions), qs[0])
+    # TD3's actor: the first critic alone, from its own weights (also with a dead feature), same value and gradient
+    critic.q_model.heads.mark_dead_features(torch.tensor([[True] + [False] * 31, [False] * 32]))
+    q0 = critic(obs, actions)[0]
+    q1 = critic.q1_forward(obs, actions)
+    torch.testing.assert_close(q1, q0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(q1.sum(), actions)[0], torch.autograd.grad(q0.sum(), actions)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("td_variance", ["running", "unit"])

@@ -31,10 +31,11 @@ from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
 from torch import nn
+from torch.nn import functional as F
 
 from alrao_rl import AlraoAdam, AlraoModel, AlraoSGD, AlraoStep, RunningVariance, StepResult, Switch
 
-from ..stacked import load_mlp, stacked_mlp
+from ..stacked import StackedLinear, load_mlp, stacked_mlp
 
 __all__ = ["AlraoContinuousCritic", "AlraoCriticAlgorithm", "AlraoCriticPolicy", "CriticTrainer"]
 
@@ -120,8 +121,21 @@ class AlraoContinuousCritic(BaseModel):
         return tuple(self.q_model.averaged(z, switch).unbind(0))
 
     def q1_forward(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
-        """The first critic's ``Q_1(s, a)`` ``[B, 1]`` (what TD3's actor maximizes), as :meth:`forward`."""
-        return self(obs, actions)[0]
+        """The first critic's ``Q_1(s, a)`` ``[B, 1]`` (what TD3's actor maximizes), as :meth:`forward`, computed
+        on the first member's weights only (the heads averaged into one linear layer first)."""
+        model = self.q_model
+        z = self._input(obs, actions)[0]
+        for layer in model.body:
+            z = F.linear(z, layer.weight[0], layer.bias[0]) if isinstance(layer, StackedLinear) else layer(z)
+        heads = model.heads
+        if heads.any_dead_feature:
+            z = z.masked_fill(heads.dead_features[0], 0.0)
+        _, a = model.switch.averaging_weights(model.averaging == "filtered", z.dtype, z.device)
+        n, out, d = heads.weight.shape[1:]
+        weight = (a[0] @ heads.weight[0].detach().reshape(n, out * d)).view(out, d)
+        bias = a[0] @ heads.bias[0].detach()
+        q = F.linear(z, weight, bias)
+        return q if math.isfinite(float(q.detach().sum())) else self(obs, actions)[0]
 
 
 class CriticTrainer:
