@@ -20,20 +20,23 @@ returns (tens on Pendulum). The choices (their measured effect is in the README'
   gives weight 0 to a head whose likelihood collapsed, where the predictive posterior keeps a
   floor of about ``1/(t N)`` that lets one head at 1e30 poison every target
   (:class:`alrao_rl.AlraoModel` with ``averaging="filtered"``);
-* **heads' variance = running mean of the averaged model's squared TD error** (``td_variance``):
-  the likelihood takes the scale of the TD errors, so high-rate units are not blasted by squared
-  errors of hundreds early on (the paper's variance 1), and the switch still tells heads apart
-  once the errors are small (variance 1 on rewards rescaled to make Q O(1) could not: errors of
-  0.01 barely move a unit-variance likelihood);
-* **runaway body units** are zeroed and frozen by :class:`alrao_rl.AlraoSGD` once a weight is
-  non-finite or exceeds ``max_weight`` (100); the heads are only checked for finiteness, since
-  they must reach Q-values of several hundred;
+* **Adam's step at every unit's own rate, on rescaled targets** (the defaults ``alrao_optimizer="adam"``,
+  ``eta_min=1e-6``, ``eta_max=0.1``, ``value_norm="popart"``, ``td_variance="unit"``): the body grows its
+  features as it learns, and a plain SGD step of head ``j`` moves by ``eta_j lambda / sigma^2`` along the
+  features' top curvature ``lambda``, so the fast heads die in order of rate and the switch ends on the
+  slowest one. Adam's step does not depend on that scale, so the heads' log-spaced rates keep their meaning;
+  the heads learn TD targets divided by their running root mean square (:class:`alrao_rl.PopArt`, the heads
+  rescaled so that their Q-values never jump), scored by the paper's unit-variance likelihood. The paper's
+  AlraoSGD is ``alrao_optimizer="sgd", eta_min=1e-5, eta_max=10, value_norm="none", td_variance="running"``
+  (the heads' variance then follows the running mean of the squared TD error, so that the likelihood has
+  the scale of the TD errors);
+* **runaway body units** are zeroed and frozen by the Alrao optimizer once a weight is non-finite or
+  exceeds ``max_weight`` (100); the heads are only checked for finiteness;
 * **non-finite heads** are left out of the average and the loss (the core does it).
 
-Options measured against the heads' rate grid (README, "What makes Alrao work in RL"; none is better on
-every env): ``head_step="normalized"``, ``value_norm="popart"`` (TD targets rescaled by
-:class:`alrao_rl.PopArt`), ``td_variance="unit"`` or ``"switch"`` (the loss at variance 1, the switch at
-the running variance).
+Other options measured against the heads' rate grid (README, "What makes Alrao work in RL"):
+``head_step="normalized"``, ``td_variance="switch"`` (the loss at variance 1, the switch at the running
+variance).
 
 **AdaQN** (``method="adaqn"``, :mod:`agents.adaqn`): ``K`` online networks with Adam at the rates
 ``adaqn_rates`` learn from the same minibatches and one TD target; the target follows the network with
@@ -74,6 +77,7 @@ from envs import make_env
 from .replay_buffer import ReplayBuffer, TorchReplayBatch
 
 __all__ = [
+    "ALRAO_SGD",
     "DQNAgent",
     "DQNConfig",
     "evaluate",
@@ -91,6 +95,10 @@ OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 METHODS: tuple[str, ...] = ("alrao", "sgd", "adam", "adaqn")
 ALRAO_OPTIMIZERS: dict[str, type[AlraoSGD] | type[AlraoAdam]] = {"sgd": AlraoSGD, "adam": AlraoAdam}
 """The Alrao optimizer of ``alrao_optimizer``."""
+ALRAO_SGD: dict[str, Any] = {"alrao_optimizer": "sgd", "eta_min": 1e-5, "eta_max": 10.0, "value_norm": "none",
+                             "td_variance": "running"}
+"""The paper's AlraoSGD for DQN (the defaults before AlraoAdam on PopArt targets): ``DQNConfig(**ALRAO_SGD)``;
+on the command line ``--alrao-optimizer sgd --eta-min 1e-5 --eta-max 10 --value-norm none --td-variance running``."""
 
 
 @dataclass
@@ -107,15 +115,15 @@ class DQNConfig:
     env: str = "Pendulum-v1"
     """gymnasium environment id (continuous actions are discretized)."""
     method: str = "alrao"
-    """'alrao' (AlraoSGD, N heads + switch), 'sgd' (torch SGD at lr), 'adam' (torch Adam) or 'adaqn' (AdaQN:
-    one network per rate of adaqn_rates, each with its own Adam; the target follows the best)."""
+    """'alrao' (per-unit rates, N heads + switch; alrao_optimizer), 'sgd' (torch SGD at lr), 'adam' (torch Adam)
+    or 'adaqn' (AdaQN: one network per rate of adaqn_rates, each with its own Adam; the target follows the best)."""
     lr: float | None = None
     """learning rate for sgd (required) and adam (default 1e-3); for alrao a multiplier on every
     Alrao rate (default 1.0); adaqn takes none (its rates are adaqn_rates)."""
-    eta_min: float = 1e-5
-    """Alrao: lower end of the log-uniform interval of per-unit rates."""
-    eta_max: float = 10.0
-    """Alrao: upper end of the interval."""
+    eta_min: float = 1e-6
+    """Alrao: lower end of the log-uniform interval of per-unit rates (AlraoSGD, the paper's: 1e-5)."""
+    eta_max: float = 0.1
+    """Alrao: upper end of the interval (AlraoSGD, the paper's: 10)."""
     heads: int = 10
     """Alrao: number of output heads."""
     adaqn_rates: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -154,10 +162,10 @@ class DQNConfig:
     """final exploration rate."""
     exploration_steps: int = 12_000
     """steps over which epsilon decays linearly."""
-    td_variance: str = "running"
-    """Alrao: the heads' Gaussian variance: 'running' (a running mean of the averaged model's squared
-    TD error, so the likelihood has the scale of the TD errors), 'unit' (1, as in the paper) or 'switch' (the
-    loss at variance 1, the switch scoring the heads at the running variance)."""
+    td_variance: str = "unit"
+    """Alrao: the heads' Gaussian variance: 'unit' (1, as in the paper: on PopArt targets), 'running' (a running
+    mean of the averaged model's squared TD error, so the likelihood has the scale of the TD errors: AlraoSGD on
+    raw targets) or 'switch' (the loss at variance 1, the switch scoring the heads at the running variance)."""
     max_weight: float | None = 100.0
     """Alrao: freeze a unit once one of its weights exceeds this (None: only non-finite ones)."""
     averaging: str = "filtered"
@@ -166,12 +174,12 @@ class DQNConfig:
     """Alrao: each head's own step 'plain' (Algorithm 1's eta_j grad) or 'normalized' (divided by the
     trace of its curvature, E||[z, 1]||^2 / sigma^2: the heads' rates keep their meaning while the body's
     features grow; measured in the README: no dead heads, lower returns)."""
-    alrao_optimizer: str = "sgd"
-    """Alrao: 'sgd' (AlraoSGD, the paper's) or 'adam' (AlraoAdam: Adam's step with the per-unit rates; give it
-    its own interval, e.g. eta_min 1e-6, eta_max 1)."""
-    value_norm: str = "none"
-    """Alrao: 'none' (the heads learn the TD targets) or 'popart' (they learn the TD targets divided by their
-    running root mean square, and are rescaled with it so that their Q-values never jump: alrao_rl.PopArt)."""
+    alrao_optimizer: str = "adam"
+    """Alrao: 'adam' (AlraoAdam: Adam's step at every unit's own rate) or 'sgd' (AlraoSGD, the paper's; give it
+    its interval, eta_min 1e-5 and eta_max 10, and value_norm 'none' with td_variance 'running')."""
+    value_norm: str = "popart"
+    """Alrao: 'popart' (the heads learn the TD targets divided by their running root mean square, and are
+    rescaled with it so that their Q-values never jump: alrao_rl.PopArt) or 'none' (the TD targets as they are)."""
     checkpoint_every: int = 10_000
     """steps between checkpoints (written at the next episode end)."""
 
@@ -354,7 +362,9 @@ class DQNAgent:
 
     @property
     def td_variance(self) -> float | None:
-        """The heads' current Gaussian variance (None before the first Alrao update)."""
+        """The heads' current Gaussian variance (None before the first Alrao update, and without Alrao)."""
+        if not self.alrao:
+            return None
         return self.variance.value if isinstance(self.variance, RunningVariance) else self.variance
 
     @torch.no_grad()

@@ -207,7 +207,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, default_logdir: str,
     :param methods: the command's methods, for ``--method`` (None: no ``--method``).
     """
     method = parser.add_mutually_exclusive_group()
-    method.add_argument("--alrao", action="store_true", help="train with AlraoSGD (the default method)")
+    method.add_argument("--alrao", action="store_true", help="train with Alrao (the default method; --alrao-optimizer)")
     method.add_argument("--optimizer", choices=["sgd", "adam"], help="train with torch SGD (needs --lr) or Adam")
     if methods is not None:
         method.add_argument("--method", choices=list(methods),

@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{','.join(f'{x:g}' for x in DEFAULT_SGD_GRID)}); --algo sac|td3: the critics' Adam "
                            f"rates (default: {','.join(f'{x:g}' for x in DEFAULT_CRITIC_GRID)})")
     what.add_argument("--eta-min", type=float, default=None,
-                      help="Alrao's lowest rate (default: 1e-5; PTB 1e-3)")
-    what.add_argument("--eta-max", type=float, default=None, help="Alrao's highest rate (default: 10; PTB 100)")
+                      help="Alrao's lowest rate (default: DQN 1e-6 (AlraoAdam); SAC/TD3 critics and CIFAR 1e-5; "
+                           "PTB 1e-3)")
+    what.add_argument("--eta-max", type=float, default=None,
+                      help="Alrao's highest rate (default: DQN 0.1; SAC/TD3 critics and CIFAR 10; PTB 100)")
     what.add_argument("--heads", type=int, default=None, help="Alrao's output heads (default: 10; PTB 6)")
 
     rl = parser.add_argument_group("reinforcement learning (--task rl)")

@@ -1,5 +1,5 @@
-"""The heads' rate grid while the body learns: plain head steps (Algorithm 1), normalized ones, and
-normalized ones on PopArt-rescaled targets.
+"""The heads' rate grid while the body learns: AlraoSGD's plain head steps (Algorithm 1), normalized ones,
+normalized ones on PopArt-rescaled targets, and the defaults (AlraoAdam on PopArt targets).
 
 For each environment, trains Alrao DQN runs (one population per variant, ``--seeds`` seeds, the
 DQN defaults otherwise) with :class:`agents.probe.HeadProbe` and reports, per run: the final return, the
@@ -26,19 +26,23 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 DEFAULT_ENVS = "CartPole-v1:50000,Pendulum-v1:30000,Acrobot-v1:50000,LunarLander-v3:250000"
-VARIANTS: dict[str, dict[str, str]] = {
-    "plain": {"head_step": "plain", "value_norm": "none"},
-    "normalized": {"head_step": "normalized", "value_norm": "none"},
-    "popart": {"head_step": "normalized", "value_norm": "popart"},
-    "popart-unit": {"head_step": "plain", "value_norm": "popart", "td_variance": "unit"},
-    "popart-switch": {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"},
+_SGD = {"alrao_optimizer": "sgd", "eta_min": 1e-5, "eta_max": 10.0, "td_variance": "running"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {**_SGD, "head_step": "plain", "value_norm": "none"},
+    "normalized": {**_SGD, "head_step": "normalized", "value_norm": "none"},
+    "popart": {**_SGD, "head_step": "normalized", "value_norm": "popart"},
+    "popart-unit": {**_SGD, "head_step": "plain", "value_norm": "popart", "td_variance": "unit"},
+    "popart-switch": {**_SGD, "head_step": "plain", "value_norm": "popart", "td_variance": "switch"},
+    "default": {},
 }
-"""Each variant's Alrao settings (the DQN defaults otherwise: heads' variance = the running one): Algorithm 1's
-plain head steps (the default); head steps normalized by their curvature; normalized head steps on TD targets
-rescaled by PopArt (``alrao_rl.PopArt``); plain steps on PopArt targets at the paper's variance 1 (Algorithm 1
-exactly, on rescaled targets); the same with the switch scoring the heads at the running variance."""
+"""Each variant's Alrao settings: AlraoSGD (the paper's, ``agents.dqn.ALRAO_SGD``; heads' variance = the running
+one) with Algorithm 1's plain head steps; head steps normalized by their curvature; normalized head steps on TD
+targets rescaled by PopArt (``alrao_rl.PopArt``); plain steps on PopArt targets at the paper's variance 1
+(Algorithm 1 exactly, on rescaled targets); the same with the switch scoring the heads at the running variance;
+and the DQN defaults (AlraoAdam in [1e-6, 0.1] on PopArt targets at variance 1; its ``s_j`` is a plain SGD
+step's and does not describe Adam's)."""
 COLORS = {"plain": "tab:red", "normalized": "tab:blue", "popart": "tab:green", "popart-unit": "tab:purple",
-          "popart-switch": "tab:orange"}
+          "popart-switch": "tab:orange", "default": "black"}
 
 
 def run_variant(env: str, steps: int, variant: str, seeds: int, out: str, every: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.dqn import DQNAgent, DQNConfig, linear_schedule, soft_update, td_target, train
+from agents.dqn import ALRAO_SGD, DQNAgent, DQNConfig, linear_schedule, soft_update, td_target, train
 from agents.replay_buffer import TorchReplayBatch
 from alrao_rl.checkpoint import load_checkpoint
 
@@ -66,7 +66,7 @@ def _batch(n: int = 32, obs_dim: int = 3, n_actions: int = 5, seed: int = 0) -> 
 
 @pytest.mark.parametrize("averaging,poisoned", [("filtered", False), ("predictive", True)])
 def test_one_diverging_head_cannot_push_the_td_targets_of_the_others(averaging: str, poisoned: bool) -> None:
-    agent = DQNAgent(3, 5, DQNConfig(averaging=averaging, seed=0, max_weight=None))
+    agent = DQNAgent(3, 5, DQNConfig(averaging=averaging, seed=0, max_weight=None, **ALRAO_SGD))
     for step in range(20):
         agent.train_step(_batch(seed=step))
     with torch.no_grad():  # head 9 (rate 10) blows up in the online network...

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agents import population as population_module
-from agents.dqn import DQNConfig, train
+from agents.dqn import ALRAO_SGD, DQNConfig, train
 from agents.population import PopulationBuffer, PopulationDQN
 from alrao_rl.checkpoint import load_checkpoint
 
@@ -90,9 +90,10 @@ def test_a_population_of_one_is_its_single_run(method: str, tmp_path: Path) -> N
     assert all(torch.equal(p, s) for s, p in zip(singles, _member_state(pop, 0).values(), strict=True))
 
 
-@pytest.mark.parametrize("variant", [{"head_step": "plain", "value_norm": "none"},
-                                     {"head_step": "normalized", "value_norm": "popart"},
-                                     {"head_step": "plain", "value_norm": "popart", "td_variance": "switch"},
+@pytest.mark.parametrize("variant", [{**ALRAO_SGD, "head_step": "plain", "value_norm": "none"},
+                                     {**ALRAO_SGD, "head_step": "normalized", "value_norm": "popart"},
+                                     {**ALRAO_SGD, "head_step": "plain", "value_norm": "popart",
+                                      "td_variance": "switch"},
                                      {"head_step": "plain", "value_norm": "popart", "td_variance": "unit",
                                       "alrao_optimizer": "adam", "eta_min": 1e-6, "eta_max": 1.0}])
 def test_a_population_of_each_head_variant_equals_its_single_runs(variant: dict, tmp_path: Path) -> None:

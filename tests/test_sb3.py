@@ -22,10 +22,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.dqn.policies import DQNPolicy
 
-from agents.dqn import DQNAgent, DQNConfig
+from agents.dqn import ALRAO_SGD, DQNAgent, DQNConfig
 from agents.replay_buffer import TorchReplayBatch
 from agents.sb3 import AlraoDQN, AlraoDQNPolicy, AlraoQNetwork
-from alrao_rl import AlraoSGD, RunningVariance
+from alrao_rl import AlraoAdam, AlraoSGD, RunningVariance
 from alrao_rl.variance import running_variance
 from envs import make_env
 
@@ -104,18 +104,26 @@ def test_q_values_are_the_switch_average_of_the_heads() -> None:
     np.testing.assert_array_equal(actions, expected.argmax(dim=1).numpy())
 
 
-@pytest.mark.parametrize(("td_variance", "value_norm", "head_step"),
-                         [("running", "none", "plain"), ("unit", "none", "plain"), ("running", "popart", "normalized")])
-def test_train_step_is_the_projects_dqn_step(td_variance: str, value_norm: str, head_step: str) -> None:
-    """One AlraoDQN gradient step == agents.dqn.DQNAgent.train_step on the same weights and batch."""
-    model = _model(policy_kwargs={"net_arch": [64, 64], "n_heads": 10, "head_step": head_step},
-                   td_variance=td_variance, value_norm=value_norm)
+@pytest.mark.parametrize(("td_variance", "value_norm", "head_step", "optimizer"),
+                         [("running", "none", "plain", "sgd"), ("unit", "none", "plain", "sgd"),
+                          ("running", "popart", "normalized", "sgd"), ("unit", "popart", "plain", "adam")])
+def test_train_step_is_the_projects_dqn_step(td_variance: str, value_norm: str, head_step: str, optimizer: str) -> None:
+    """One AlraoDQN gradient step == agents.dqn.DQNAgent.train_step on the same weights and batch (the last case:
+    run_dqn.py's defaults, AlraoAdam on PopArt targets at variance 1)."""
+    rates = {"eta_min": 1e-6, "eta_max": 0.1} if optimizer == "adam" else {}
+    policy_kwargs = {"net_arch": [64, 64], "n_heads": 10, "head_step": head_step, **rates}
+    if optimizer == "adam":
+        policy_kwargs["optimizer_class"] = AlraoAdam
+    model = _model(policy_kwargs=policy_kwargs, td_variance=td_variance, value_norm=value_norm)
     model.learn(150)  # fills the buffer, trains 50 steps
-    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, td_variance=td_variance, hidden=(64, 64),
-                                     value_norm=value_norm, head_step=head_step))
+    settings = {**ALRAO_SGD, "td_variance": td_variance, "value_norm": value_norm}
+    if optimizer == "adam":
+        settings.update(alrao_optimizer="adam", **rates)
+    agent = DQNAgent(4, 2, DQNConfig(env="CartPole-v1", seed=0, tau=0.01, hidden=(64, 64), head_step=head_step,
+                                     **settings))
     agent.q_net.load_state_dict(model.q_net.alrao_model.state_dict())
     agent.target_net.load_state_dict(model.q_net_target.alrao_model.state_dict())
-    agent.optimizer.load_state_dict(model.policy.optimizer.state_dict())
+    agent.optimizer.load_state_dict(copy.deepcopy(model.policy.optimizer.state_dict()))  # (Adam state not shared)
     if td_variance == "running":
         agent.variance = RunningVariance(value=model.heads_variance)
     if value_norm == "popart":
