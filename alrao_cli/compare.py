@@ -362,6 +362,9 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
                      f"3,000,000 + k (std {spread:.1f})",
         adaqn_rates=list(config.adaqn_rates),
         adaqn_window=config.adaqn_window,
+        alrao=("AlraoAdam" if config.alrao_optimizer == "adam" else "AlraoSGD")
+        + (", PopArt targets" if config.value_norm == "popart" else "")
+        + (", variance 1" if config.td_variance == "unit" else ", running variance"),
     )
     return specs, metric, info
 
@@ -416,6 +419,7 @@ def _plan_continuous(args: argparse.Namespace, methods: list[str], grid: list[fl
              f"2,000,000 + 1000·seed + k",
         floor_detail=f"the mean return of a uniformly random policy over {args.floor_episodes} episodes seeded "
                      f"3,000,000 + k (std {spread:.1f})",
+        alrao="AlraoSGD critics, actor by Adam at SB3's default rate",
     )
     return specs, metric, info
 

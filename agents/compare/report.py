@@ -31,6 +31,7 @@ class SweepInfo:
     :param heads: Alrao's heads.
     :param adaqn_rates: AdaQN's Adam rates (RL).
     :param adaqn_window: AdaQN's gradient steps per selection (RL).
+    :param alrao: Alrao's optimizer and targets in words.
     :param budget: the training budget in words (e.g. ``"30,000 environment steps"``).
     :param selection: how selection values are obtained, in words.
     :param test: how test values are obtained, in words.
@@ -59,6 +60,8 @@ class SweepInfo:
     history: list[dict[str, Any]] = field(default_factory=list)
     adaqn_rates: list[float] = field(default_factory=list)
     adaqn_window: int = 0
+    alrao: str = ""
+    """What Alrao is beyond its interval, in words (e.g. ``"AlraoAdam, PopArt targets"``; empty: AlraoSGD)."""
 
 
 def write_results_csv(path: str, results: Sequence[RunResult], metric: Metric) -> None:
@@ -138,7 +141,8 @@ def _lr_cell(row: MethodSummary, info: SweepInfo) -> str:
     if row.method == "adam":
         return ADAM_DEFAULTS.get(info.task, "1e-3 (default)")
     if row.method == "alrao":
-        return f"[{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], {info.heads} heads"
+        return f"[{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], {info.heads} heads" + (
+            f", {info.alrao}" if info.alrao else "")
     if row.method == "adaqn":
         return _adaqn_rates(info)
     return "default (tuning-free)"
@@ -253,7 +257,8 @@ def _report_text(
         "",
         f"- Methods: {', '.join(names)}. {g} grid: {{{', '.join(_fmt_rate(x) for x in info.sgd_grid)}}}. "
         f"Alrao: per-unit rates log-uniform in [{_fmt_rate(info.eta_min)}, {_fmt_rate(info.eta_max)}], "
-        f"{info.heads} heads. Adam and the tuning-free peers run with their default settings."
+        f"{info.heads} heads{', ' + info.alrao if info.alrao else ''}. Adam and the tuning-free peers run with their "
+        f"default settings."
         + (f" AdaQN: one network per Adam rate of {_adaqn_rates(info)}, trained on the same minibatches "
            f"against one target, which follows the network with the lowest TD loss summed over each "
            f"{info.adaqn_window} gradient steps." if "adaqn" in info.methods else ""),
