@@ -22,12 +22,12 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
+from stable_baselines3 import SAC, TD3
 
 __all__ = ["ALGOS", "METHODS", "ContinuousConfig", "evaluate", "make_agent", "train"]
 
@@ -104,11 +104,17 @@ class _CriticRate:
             group["lr"] = self.critic_lr
 
 
+class _CriticRateSAC(_CriticRate, SAC):
+    """SB3's SAC with the critics at ``critic_lr``."""
+
+
+class _CriticRateTD3(_CriticRate, TD3):
+    """SB3's TD3 with the critics at ``critic_lr``."""
+
+
 def make_agent(config: ContinuousConfig, env: gym.Env | None = None) -> Any:
     """The SB3 model of ``config`` on ``env`` (default: ``gymnasium.make(config.env)``), SB3's defaults but for
     the critics (module docstring); CPU, seeded with ``config.seed``."""
-    from stable_baselines3 import SAC, TD3
-
     from agents.sb3 import AlraoSAC, AlraoTD3
 
     env = gym.make(config.env) if env is None else env
@@ -122,25 +128,27 @@ def make_agent(config: ContinuousConfig, env: gym.Env | None = None) -> Any:
     base = SAC if config.algo == "sac" else TD3
     if config.method == "adam":
         return base("MlpPolicy", env, **common)
-    cls = type(f"CriticRate{base.__name__}", (_CriticRate, base), {})
-    model = cls("MlpPolicy", env, **common)
+    model = (_CriticRateSAC if config.algo == "sac" else _CriticRateTD3)("MlpPolicy", env, **common)
     model.critic_lr = config.lr
     return model
 
 
 def evaluate(model: Any, env: gym.Env, seeds: list[int]) -> tuple[float, float]:
-    """Mean and standard deviation of the return of deterministic episodes, one per seed."""
-    returns = []
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    """Mean and standard deviation of the return of deterministic episodes, one per seed
+    (:func:`agents.dqn.evaluate`, acting with ``model.predict(obs, deterministic=True)``)."""
+    from agents.dqn import evaluate as evaluate_episodes
+
+    return evaluate_episodes(_Deterministic(model), env, seeds)  # type: ignore[arg-type]
+
+
+class _Deterministic:
+    """An SB3 model seen as :func:`agents.dqn.evaluate` sees an agent: ``greedy_action(obs)``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def greedy_action(self, obs: Any) -> Any:
+        return self.model.predict(obs, deterministic=True)[0]
 
 
 def _selection_seeds(config: ContinuousConfig) -> list[int]:
@@ -222,7 +230,3 @@ def train(config: ContinuousConfig, logdir: str, test_seeds: list[int] | None = 
     model.logger.close()
     return summary
 
-
-def config_fields() -> tuple[str, ...]:
-    """The names of :class:`ContinuousConfig`'s fields."""
-    return tuple(f.name for f in fields(ContinuousConfig))

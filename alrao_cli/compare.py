@@ -321,6 +321,15 @@ SUPERVISED_OPTIONS = ("data_dir", "model", "epochs", "patience", "batch_size", "
                       "level", "bptt")
 
 
+def _random_floor(returns: list[float]) -> tuple[Metric, float]:
+    """The return metric whose failure floor is the mean of a random policy's ``returns``, and their std."""
+    from agents import compare
+
+    floor = float(sum(returns) / len(returns))
+    spread = float((sum((r - floor) ** 2 for r in returns) / len(returns)) ** 0.5)
+    return compare.Metric("return", True, floor, "random policy"), spread
+
+
 def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], seeds: list[int],
              alrao: dict[str, float]) -> Plan:
     from agents import compare
@@ -341,10 +350,7 @@ def _plan_rl(args: argparse.Namespace, methods: list[str], grid: list[float], se
     except (ValueError, TypeError) as e:
         fail(as_flags(str(e), flag_fields(args, DQNConfig)))
     config = DQNConfig(env=env_id, **options)
-    returns = compare.random_policy_returns(env_id, args.floor_episodes, n_bins=config.n_bins)
-    floor = float(sum(returns) / len(returns))
-    spread = float((sum((r - floor) ** 2 for r in returns) / len(returns)) ** 0.5)
-    metric = compare.Metric("return", True, floor, "random policy")
+    metric, spread = _random_floor(compare.random_policy_returns(env_id, args.floor_episodes, n_bins=config.n_bins))
     info = compare.SweepInfo(
         task="rl",
         problem=env_id,
@@ -398,10 +404,7 @@ def _plan_continuous(args: argparse.Namespace, methods: list[str], grid: list[fl
         fail(f"--env {env_id!r}: {e}")
     except (ValueError, TypeError) as e:
         fail(as_flags(str(e), flag_fields(args, ContinuousConfig)))
-    returns = compare.random_policy_returns(env_id, args.floor_episodes, continuous=True)
-    floor = float(sum(returns) / len(returns))
-    spread = float((sum((r - floor) ** 2 for r in returns) / len(returns)) ** 0.5)
-    metric = compare.Metric("return", True, floor, "random policy")
+    metric, spread = _random_floor(compare.random_policy_returns(env_id, args.floor_episodes, continuous=True))
     config = configs[0]
     info = compare.SweepInfo(
         task=args.algo,

@@ -406,7 +406,7 @@ class AlraoModel(nn.Module):
         z, state = result
         return self._predict_features(z, switch, x), state
 
-    def averaged(self, z: Tensor, switch: Switch | None = None) -> Tensor:
+    def averaged(self, z: Tensor, switch: Switch | None = None, inputs: Tensor | None = None) -> Tensor:
         """Regression: the averaged model's output on the body's output ``z``, ``sum_j a_j mu_j(z)``,
         differentiable with respect to ``z`` (the heads' parameters and the weights ``a_j`` held fixed).
 
@@ -416,6 +416,7 @@ class AlraoModel(nn.Module):
 
         :param z: body output ``[..., in_features]`` (``[P, ..., in_features]`` with members).
         :param switch: average with this switch instead of the model's own (see :meth:`output`).
+        :param inputs: the body's input, if known (see :meth:`output`).
         """
         if self.task != "regression":
             raise TypeError("averaged is the mixture mean of regression heads; classification predicts with predict")
@@ -427,18 +428,12 @@ class AlraoModel(nn.Module):
         mean = _averaged_linear(z, a, heads.weight.detach(), bias, heads.members)
         if math.isfinite(float(mean.detach().sum())):
             return mean
-        return self.output(z.detach(), switch=switch).prediction
+        return self.output(z.detach(), switch=switch, inputs=inputs).prediction
 
     def _predict_features(self, z: Tensor, switch: Switch | None, x: Tensor | None) -> Tensor:
         """The averaged model's output on the body's output ``z`` for the input ``x`` (see :meth:`predict`)."""
-        heads = self.heads
-        if self.task == "regression" and z.shape[-1] == heads.in_features:
-            z = heads.mask_features(z)
-            source = self.switch if switch is None else switch
-            _, a = source.averaging_weights(self.averaging == "filtered", z.dtype, z.device)
-            mean = _averaged_linear(z, a, heads.weight, heads.bias, heads.members)
-            if math.isfinite(float(mean.sum())):
-                return mean
+        if self.task == "regression" and z.shape[-1] == self.heads.in_features:
+            return self.averaged(z, switch, inputs=x)
         return self.output(z, switch=switch, inputs=x).prediction
 
     def extra_repr(self) -> str:

@@ -148,7 +148,7 @@ def test_critic_step_is_algorithm_1_for_each_critic(td_variance: str) -> None:
 
 
 @pytest.mark.parametrize("cls", [AlraoSAC, AlraoTD3])
-def test_learn_save_load_predicts_and_continues_identically(cls: type, tmp_path: pathlib.Path) -> None:
+def test_save_load_restores_rates_heads_variances_and_predicts_identically(cls: type, tmp_path: pathlib.Path) -> None:
     model = _model(cls, td_variance="running")
     model.learn(300)
     # a frozen unit must survive the round trip

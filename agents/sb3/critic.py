@@ -319,3 +319,12 @@ class AlraoCriticAlgorithm:
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_trainer"]  # type: ignore[misc]
+
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 4, tb_log_name: str | None = None,
+              reset_num_timesteps: bool = True, progress_bar: bool = False) -> Any:
+        """SB3's ``learn``; the TensorBoard run is named after the class (``AlraoSAC_1``) unless ``tb_log_name``."""
+        return super().learn(  # type: ignore[misc]
+            total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
+            tb_log_name=type(self).__name__ if tb_log_name is None else tb_log_name,
+            reset_num_timesteps=reset_num_timesteps, progress_bar=progress_bar,
+        )

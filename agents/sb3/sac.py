@@ -24,7 +24,7 @@ rates on the whole actor). The entropy coefficient keeps SB3's own Adam optimize
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -34,7 +34,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
@@ -44,8 +44,6 @@ from alrao_rl import AlraoSGD
 from .critic import AlraoContinuousCritic, AlraoCriticAlgorithm, AlraoCriticPolicy
 
 __all__ = ["AlraoSAC", "AlraoSACPolicy"]
-
-SelfAlraoSAC = TypeVar("SelfAlraoSAC", bound="AlraoSAC")
 
 
 class AlraoSACPolicy(AlraoCriticPolicy, SACPolicy):
@@ -233,21 +231,3 @@ class AlraoSAC(AlraoCriticAlgorithm, SAC):
         if ent_coef_losses:
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
         self._record_critics(trainer, critic_losses)
-
-    def learn(
-        self: SelfAlraoSAC,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 4,
-        tb_log_name: str = "AlraoSAC",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfAlraoSAC:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

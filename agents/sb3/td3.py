@@ -21,7 +21,7 @@ actor and critics' targets follow by Polyak averaging, as SB3's TD3.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -31,7 +31,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
@@ -41,8 +41,6 @@ from alrao_rl import AlraoSGD
 from .critic import AlraoContinuousCritic, AlraoCriticAlgorithm, AlraoCriticPolicy
 
 __all__ = ["AlraoTD3", "AlraoTD3Policy"]
-
-SelfAlraoTD3 = TypeVar("SelfAlraoTD3", bound="AlraoTD3")
 
 
 class AlraoTD3Policy(AlraoCriticPolicy, TD3Policy):
@@ -184,21 +182,3 @@ class AlraoTD3(AlraoCriticAlgorithm, TD3):
         if actor_losses:
             self.logger.record("train/actor_loss", np.mean(actor_losses))
         self._record_critics(trainer, critic_losses)
-
-    def learn(
-        self: SelfAlraoTD3,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 4,
-        tb_log_name: str = "AlraoTD3",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfAlraoTD3:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
